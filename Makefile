@@ -1,16 +1,19 @@
 # Two commands matter: `make demo` and `make test`. Each sets up everything it needs first:
 # a virtualenv in .venv (pinned by constraints.txt) and a throwaway Airflow home in .airflow-home.
+# `make test` also runs the test suite on the oldest supported Airflow minor (3.1) in .venv-airflow-3.1.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+OLD_VENV := .venv-airflow-3.1
+OLD_STAMP := $(OLD_VENV)/.installed
 export AIRFLOW_HOME := $(CURDIR)/.airflow-home
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/example_dags
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install airflow-home lint typecheck test demo clean
+.PHONY: install airflow-home lint typecheck test test-newest test-oldest demo clean
 
 install: $(STAMP)
 
@@ -18,6 +21,11 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable ".[dev,s3]"
 	touch $(STAMP)
+
+$(OLD_STAMP): pyproject.toml constraints-airflow-3.1.txt
+	test -x $(OLD_VENV)/bin/python || $(PYTHON) -m venv $(OLD_VENV)
+	$(OLD_VENV)/bin/python -m pip install --quiet --constraint constraints-airflow-3.1.txt --editable ".[dev,s3]"
+	touch $(OLD_STAMP)
 
 airflow-home: $(AIRFLOW_HOME)/.migrated
 
@@ -33,11 +41,18 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: lint typecheck
+test: lint typecheck test-newest test-oldest
+
+# The suite on the newest Airflow (the pinned one in constraints.txt).
+test-newest: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The same suite on the oldest supported minor, Airflow 3.1.
+test-oldest: $(OLD_STAMP)
+	$(OLD_VENV)/bin/python -m pytest
 
 demo: airflow-home
 	$(BIN)/python scripts/demo.py
 
 clean:
-	rm -rf $(VENV) $(AIRFLOW_HOME) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(OLD_VENV) $(AIRFLOW_HOME) .mypy_cache .ruff_cache .pytest_cache

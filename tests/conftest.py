@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
 
 REPO = Path(__file__).resolve().parent.parent
 _HOME = tempfile.mkdtemp(prefix="clarify-af-home-")
@@ -44,13 +46,11 @@ def airflow_db() -> Iterator[None]:
 
     db.resetdb()
     DagBundlesManager().sync_bundles_to_db()
-    yield
+    return
 
 
 @pytest.fixture
-def run_example_dag(
-    airflow_db: None, monkeypatch: pytest.MonkeyPatch
-) -> Callable[..., Any]:
+def run_example_dag(airflow_db: None, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
     """Run an example DAG with ``dag.test()``: tasks in-process, deferrable triggers inline.
 
     Returns the finished DagRun. Extra keyword arguments become environment variables for the run

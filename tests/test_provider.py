@@ -36,7 +36,12 @@ def test_provider_info_is_valid_against_airflow_schema() -> None:
 
 def test_every_module_named_in_provider_info_imports() -> None:
     info = get_provider_info()
-    modules = [m for key in ("hooks", "operators", "sensors", "triggers") for e in info[key] for m in e["python-modules"]]
+    modules = [
+        m
+        for key in ("hooks", "operators", "sensors", "triggers")
+        for e in info[key]
+        for m in e["python-modules"]
+    ]
     modules += [t["python-module"] for t in info["transfers"]]
     for name in modules:
         importlib.import_module(name)
@@ -96,11 +101,23 @@ def test_airflow_cli_lists_provider_and_accepts_both_connection_types() -> None:
     assert listing.returncode == 0, listing.stderr
     assert DIST in {p["package_name"] for p in json.loads(listing.stdout)}
 
-    for conn_type, host in (("clarify", "https://api.clarify.io/v1/"), ("clarity", "https://clarity-data-api.clarity.io")):
+    for conn_type, host in (
+        ("clarify", "https://api.clarify.io/v1/"),
+        ("clarity", "https://clarity-data-api.clarity.io"),
+    ):
         conn_id = f"cli_{conn_type}"
         added = _airflow_cli(
-            "connections", "add", conn_id, "--conn-type", conn_type, "--conn-host", host,
-            "--conn-login", "login", "--conn-password", "not-a-real-secret",
+            "connections",
+            "add",
+            conn_id,
+            "--conn-type",
+            conn_type,
+            "--conn-host",
+            host,
+            "--conn-login",
+            "login",
+            "--conn-password",
+            "not-a-real-secret",
         )
         assert added.returncode == 0, added.stderr
         assert "is invalid" not in added.stdout + added.stderr, added.stdout + added.stderr

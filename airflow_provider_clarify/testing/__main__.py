@@ -8,13 +8,16 @@ shell, then serves on 127.0.0.1 until interrupted or until ``--duration`` second
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shlex
 import signal
 import threading
-from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow_provider_clarify.testing.sandbox import Sandbox
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -56,10 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, value in sandbox.env().items():
             print(f"export {name}={shlex.quote(value)}")
         print(f"# serving for {args.duration:g} s; Ctrl-C stops earlier", flush=True)
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             stop.wait(args.duration)
-        except KeyboardInterrupt:
-            pass
     return 0
 
 

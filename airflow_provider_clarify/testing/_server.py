@@ -15,18 +15,19 @@ documented behaviour of the services, not from our clients.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from aiohttp import web
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-#: Key under which the middleware tells a streaming handler to cut its body short.
-TRUNCATE = web.AppKey("truncate", bool)
+#: Request key under which the middleware tells a streaming handler to cut its body short.
+TRUNCATE = web.RequestKey("truncate", bool)
 
 
 @dataclass
@@ -43,6 +44,10 @@ class RecordedRequest:
     fault: str | None = None
     #: Free-form facts a handler adds (e.g. the JSON-RPC method name).
     info: dict[str, Any] = field(default_factory=dict)
+
+
+#: Request key of the :class:`RecordedRequest` of the request being handled (handlers add ``info``).
+RECORD = web.RequestKey("record", RecordedRequest)
 
 
 @dataclass
@@ -66,15 +71,11 @@ class FaultPlan:
         self._faults: list[_Fault] = []
         self._lock = threading.Lock()
 
-    def fail_next(
-        self, n: int = 1, *, status: int = 503, path: str | None = None, body: Any = None
-    ) -> None:
+    def fail_next(self, n: int = 1, *, status: int = 503, path: str | None = None, body: Any = None) -> None:
         """Answer the next ``n`` requests with HTTP ``status`` (default 503) and a JSON body."""
         self._add(_Fault("status", n, path, status=status, body=body))
 
-    def throttle_next(
-        self, n: int = 1, *, retry_after: float | None = 1, path: str | None = None
-    ) -> None:
+    def throttle_next(self, n: int = 1, *, retry_after: float | None = 1, path: str | None = None) -> None:
         """Answer the next ``n`` requests with HTTP 429 and a ``Retry-After`` header."""
         self._add(_Fault("429", n, path, status=429, retry_after=retry_after))
 
@@ -154,7 +155,7 @@ class SandboxServer:
         """Whether the server thread is serving."""
         return self._thread is not None and self._thread.is_alive() and self._ready.is_set()
 
-    def start(self) -> SandboxServer:
+    def start(self) -> Self:
         """Start serving; returns once the port is bound."""
         if self._thread is not None:
             raise RuntimeError(f"{self.name} server already started")
@@ -174,10 +175,8 @@ class SandboxServer:
             return
         if loop.is_running():
             fut = asyncio.run_coroutine_threadsafe(self._shutdown(), loop)
-            try:
+            with contextlib.suppress(Exception):
                 fut.result(timeout=10)
-            except Exception:  # noqa: BLE001 - shutting down; the loop is stopped below anyway
-                pass
             loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
         self._thread = None
@@ -185,7 +184,7 @@ class SandboxServer:
         self._ready.clear()
         self.port = 0
 
-    def __enter__(self) -> SandboxServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -202,11 +201,11 @@ class SandboxServer:
             loop.run_until_complete(runner.setup())
             site = web.TCPSite(runner, "127.0.0.1", 0, reuse_address=True)
             loop.run_until_complete(site.start())
-            server = site._server  # noqa: SLF001 - aiohttp exposes no public accessor for the bound port
-            assert server is not None and server.sockets
-            self.port = server.sockets[0].getsockname()[1]
+            sockets = getattr(site._server, "sockets", None)
+            assert sockets
+            self.port = sockets[0].getsockname()[1]
             self._runner = runner
-        except BaseException as exc:  # noqa: BLE001 - reported to start()
+        except BaseException as exc:
             self._startup_error = exc
             self._ready.set()
             loop.close()
@@ -265,7 +264,7 @@ class SandboxServer:
             body_bytes=request.content_length or 0,
             received_at=time.time(),
         )
-        request["record"] = record
+        request[RECORD] = record
         with self._requests_lock:
             self._requests.append(record)
         fault = self.faults.take(request.path)

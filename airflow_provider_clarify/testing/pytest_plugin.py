@@ -7,12 +7,13 @@ afterwards. Nothing is imported until a fixture is used, so the plugin costs not
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pytest
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from airflow_provider_clarify.testing.clarify import ClarifySandbox
     from airflow_provider_clarify.testing.clarity import ClaritySandbox
     from airflow_provider_clarify.testing.sandbox import Sandbox
