@@ -40,9 +40,7 @@ def _clarify(sandbox: Sandbox) -> None:
     response.raise_for_status()
     summary = response.json()["result"]["signalsByInput"]["demo.temperature"]
     stored = clarify.points("demo.temperature")
-    print(
-        f"Clarify  {clarify.url}rpc  integration.insert -> signal {summary['id']} created={summary['created']}"
-    )
+    print(f"Clarify  {clarify.url}rpc  integration.insert -> {summary['id']} created={summary['created']}")
     print(
         f"         the sandbox stores {len(stored)} points: {[f'{t:%H:%M}={v}' for t, v in stored.items()]}"
     )
