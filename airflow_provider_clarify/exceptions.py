@@ -15,6 +15,7 @@ class ClarifyRPCError(AirflowException):
     :param params: ``error.data.params``: parameter path -> list of problems.
     :param trace: ``error.data.trace``, the id Clarify support asks for.
     :param method: the JSON-RPC method that failed.
+    :param retry_after: seconds the server asked to wait (HTTP ``Retry-After``), if it said so.
     """
 
     def __init__(
@@ -25,8 +26,10 @@ class ClarifyRPCError(AirflowException):
         params: dict[str, Any] | None = None,
         trace: str | None = None,
         method: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         self.code = code
+        self.retry_after = retry_after
         self.message = message
         self.params = params or {}
         self.trace = trace

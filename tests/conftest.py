@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from cryptography.fernet import Fernet
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -24,6 +25,8 @@ os.environ.update(
     AIRFLOW_HOME=_HOME,
     AIRFLOW__CORE__LOAD_EXAMPLES="False",
     AIRFLOW__CORE__UNIT_TEST_MODE="True",
+    # One key for the session, so that processes started by tests (the CLI) read what others wrote.
+    AIRFLOW__CORE__FERNET_KEY=Fernet.generate_key().decode(),
     AIRFLOW__CORE__DAGS_FOLDER=str(REPO / "example_dags"),
     AIRFLOW__CORE__ALLOWED_DESERIALIZATION_CLASSES_REGEXP="airflow_provider_clarify\\..*",
     AIRFLOW__LOGGING__LOGGING_LEVEL="INFO",
@@ -58,11 +61,12 @@ def run_example_dag(airflow_db: None, monkeypatch: pytest.MonkeyPatch) -> Callab
     """
 
     def run(dag_id: str, *, conf: dict[str, Any] | None = None, **env: str) -> Any:
-        from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
+        from dag_helpers import dagbag_api
 
+        dagbag, sync_bag_to_db = dagbag_api()
         for key, value in env.items():
             monkeypatch.setenv(key, value)
-        bag = DagBag(dag_folder=str(REPO / "example_dags"))
+        bag = dagbag(dag_folder=str(REPO / "example_dags"))
         assert not bag.import_errors, bag.import_errors
         dag = bag.get_dag(dag_id)
         assert dag is not None, f"example DAG {dag_id!r} not found"

@@ -52,20 +52,43 @@ def test_every_module_named_in_provider_info_imports() -> None:
         assert hook.default_conn_name == f"{conn['connection-type']}_default"
 
 
-@pytest.mark.parametrize("conn_type", sorted(CONNECTION_FORMS))
-def test_hook_ui_methods_match_declared_form(conn_type: str) -> None:
-    """Airflow 3.1 reads the form from the hook; 3.2+ from provider info. Both must agree."""
-    form = CONNECTION_FORMS[conn_type]
-    module, _, cls = form["hook-class-name"].rpartition(".")
-    hook = getattr(importlib.import_module(module), cls)
-    behaviour = hook.get_ui_field_behaviour()
-    assert behaviour["hidden_fields"] == form["ui-field-behaviour"]["hidden-fields"]
-    assert behaviour["relabeling"] == form["ui-field-behaviour"]["relabeling"]
-    assert behaviour["placeholders"] == form["ui-field-behaviour"]["placeholders"]
-    widgets = hook.get_connection_form_widgets()
-    assert sorted(widgets) == sorted(form["conn-fields"])
-    for name, spec in form["conn-fields"].items():
-        assert str(widgets[name].args[0]) == spec["label"]
+_UI_FORMS_SCRIPT = """
+import json
+from airflow.api_fastapi.core_api.services.ui.connections import HookMetaService
+
+hooks, widgets, behaviours = HookMetaService._get_hooks_with_mocked_fab()
+fields = {}
+for key, info in widgets.items():
+    if info.package_name != "airflow-provider-clarify":
+        continue
+    field = info.field if isinstance(info.field, dict) else info.field.param.dump()
+    conn_type = key.split("__")[1]  # extra__<conn type>__<field>
+    fields.setdefault(conn_type, {})[info.field_name] = field["schema"]
+print(json.dumps({"fields": fields, "behaviours": {k: behaviours.get(k) for k in ("clarify", "clarity")}}))
+"""
+
+
+def test_ui_server_shows_the_declared_connection_forms() -> None:
+    """What Airflow's API server shows in the connection form: from provider info on Airflow 3.2+,
+    from the hooks' ``get_connection_form_widgets``/``get_ui_field_behaviour`` on 3.1 (run in a
+    subprocess: Airflow replaces wtforms and Flask-AppBuilder with stand-ins in ``sys.modules``)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _UI_FORMS_SCRIPT], capture_output=True, text=True, timeout=240, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(done.stdout.strip().splitlines()[-1])
+    for conn_type, form in CONNECTION_FORMS.items():
+        fields = shown["fields"][conn_type]
+        assert sorted(fields) == sorted(form["conn-fields"])
+        for name, spec in form["conn-fields"].items():
+            assert fields[name]["title"] == spec["label"]
+            assert fields[name].get("format") == spec["schema"].get("format")
+        behaviour = form["ui-field-behaviour"]
+        assert shown["behaviours"][conn_type] == {
+            "hidden_fields": behaviour["hidden-fields"],
+            "relabeling": behaviour["relabeling"],
+            "placeholders": behaviour["placeholders"],
+        }
 
 
 def test_secret_fields_are_password_fields() -> None:
@@ -84,6 +107,12 @@ def test_providers_manager_registers_both_connection_types() -> None:
         assert manager.hooks[conn_type] is not None
 
 
+def _json_output(stdout: str) -> list[dict[str, str]]:
+    """The JSON document of a ``--output json`` command (log lines may precede it on stdout)."""
+    (document,) = [line for line in stdout.splitlines() if line.startswith("[")]
+    return list(json.loads(document))
+
+
 def _airflow_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "airflow", *args],
@@ -99,7 +128,7 @@ def _airflow_cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_airflow_cli_lists_provider_and_accepts_both_connection_types() -> None:
     listing = _airflow_cli("providers", "list", "--output", "json")
     assert listing.returncode == 0, listing.stderr
-    assert DIST in {p["package_name"] for p in json.loads(listing.stdout)}
+    assert DIST in {p["package_name"] for p in _json_output(listing.stdout)}
 
     for conn_type, host in (
         ("clarify", "https://api.clarify.io/v1/"),
@@ -123,5 +152,5 @@ def test_airflow_cli_lists_provider_and_accepts_both_connection_types() -> None:
         assert "is invalid" not in added.stdout + added.stderr, added.stdout + added.stderr
         shown = _airflow_cli("connections", "get", conn_id, "--output", "json")
         assert shown.returncode == 0, shown.stderr
-        (record,) = json.loads(shown.stdout)
+        (record,) = _json_output(shown.stdout)
         assert record["conn_type"] == conn_type

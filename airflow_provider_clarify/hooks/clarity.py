@@ -1,0 +1,709 @@
+"""Hooks for the Clarity (clarity.io) Data API v2: historical reports and their files.
+
+:class:`ClarityHook` (requests) requests reports, reads them and streams their files;
+:class:`ClarityAsyncHook` (aiohttp) reads reports from a trigger. Both take the connection ``clarity``
+(SPEC §2): host = API URL (default ``https://clarity-data-api.clarity.io``), password = API key (header
+``x-api-key``), login or extra ``org`` = default organization, extra ``timeout`` = seconds per request.
+
+The API key goes only to the API host. Report files are downloaded from pre-signed object-store URLs with a
+separate session that never carries the key, and with redirects off on the API session so the key cannot
+follow a redirect elsewhere. Pre-signed URL signatures are registered with Airflow's secrets masker and only
+URLs without query string are logged.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
+
+import requests
+from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
+from airflow.providers.common.compat.sdk import AirflowException, BaseHook, mask_secret
+
+from airflow_provider_clarify.exceptions import (
+    ClarityAPIError,
+    ClarityQuotaExceededError,
+    ClarityReportFailedError,
+)
+from airflow_provider_clarify.utils.forms import connection_form_widgets, ui_field_behaviour
+from airflow_provider_clarify.utils.reports import (
+    build_report_request,
+    detect_file_kind,
+    report_outcome,
+)
+from airflow_provider_clarify.utils.retries import (
+    is_aiohttp_transient,
+    is_requests_transient,
+    is_retryable_status,
+    retrying,
+    wait_retry_after_or_backoff,
+)
+from airflow_provider_clarify.utils.urls import join_url, strip_query, validate_base_url
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping
+
+    import aiohttp
+    from airflow.sdk import Connection
+
+DEFAULT_HOST = "https://clarity-data-api.clarity.io"
+DEFAULT_TIMEOUT = 30.0
+#: How many times one file's download re-reads the report for fresh urls after an HTTP 403 (expired url).
+MAX_URL_REFRESHES = 2
+#: Refresh urls before opening a file when they expire within this margin.
+URL_EXPIRY_MARGIN = timedelta(seconds=30)
+_CHUNK = 1024 * 1024
+_QUOTA_MESSAGE = (
+    "Clarity's report quota is spent (HTTP 429): about 30 historical reports per organization per day, "
+    "shared by every caller in org {org!r}. Not retried. Reuse an existing report id or wait for the quota "
+    "to reset"
+)
+#: Query parameters of pre-signed URLs that are (part of) a credential.
+_SIGNED_PARAM_HINTS = ("signature", "credential", "token", "key", "sig", "policy")
+
+
+@dataclass(frozen=True)
+class ClaritySettings:
+    """The parts of a ``clarity`` connection the hooks use.
+
+    :param conn_id: the connection id.
+    :param base_url: the API base URL, without trailing slash.
+    :param api_key: the API key (not shown in ``repr``).
+    :param org: the default organization, if the connection names one.
+    :param timeout: seconds per HTTP request.
+    """
+
+    conn_id: str
+    base_url: str
+    api_key: str = field(repr=False)
+    org: str | None
+    timeout: float
+
+    def resolve_org(self, org: str | None) -> str:
+        """The organization to use: ``org`` when given, else the connection's default.
+
+        :param org: the organization asked for, or ``None``.
+        :raises ValueError: when neither is set.
+        """
+        chosen = org or self.org
+        if not chosen:
+            raise ValueError(
+                f"org: not given, and connection {self.conn_id!r} has no default org (login or extra 'org')"
+            )
+        return chosen
+
+
+def settings_from_connection(
+    conn_id: str, *, host: str | None, login: str | None, password: str | None, extra: Mapping[str, Any]
+) -> ClaritySettings:
+    """Read and check a ``clarity`` connection.
+
+    :param conn_id: the connection id (named in errors).
+    :param host: the API URL (``https://`` is assumed when no scheme is given); empty means the default.
+    :param login: the default organization (extra ``org`` wins over it).
+    :param password: the API key.
+    :param extra: the connection's extra.
+    :raises ValueError: naming the connection and field that is wrong.
+    """
+    url = (host or "").strip() or DEFAULT_HOST
+    if "://" not in url:
+        url = "https://" + url
+    base_url = validate_base_url(url, field="host", conn_id=conn_id).rstrip("/")
+    if not password:
+        raise ValueError(f"connection {conn_id!r} field 'password': the Clarity API key is missing")
+    org = extra.get("org") or login or None
+    raw_timeout = extra.get("timeout")
+    try:
+        timeout = DEFAULT_TIMEOUT if raw_timeout in (None, "") else float(raw_timeout)
+    except (TypeError, ValueError):
+        timeout = -1.0
+    if not timeout > 0:
+        raise ValueError(f"connection {conn_id!r} extra 'timeout': expected a positive number of seconds")
+    return ClaritySettings(
+        conn_id=conn_id,
+        base_url=base_url,
+        api_key=password,
+        org=str(org).strip() if org else None,
+        timeout=timeout,
+    )
+
+
+def api_error(
+    status: int, body: bytes, url: str, *, org: str | None = None, quota: bool = False
+) -> ClarityAPIError:
+    """The exception for an HTTP error answer of the Clarity API.
+
+    :param status: the HTTP status.
+    :param body: the response body (Clarity sends ``{"message": [...]}``).
+    :param url: the request URL (its query string is dropped).
+    :param org: the organization, for the quota message.
+    :param quota: whether a 429 here means the daily report quota (report requests).
+    """
+    message = body[:500].decode("utf-8", "replace").strip()
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and data.get("message"):
+        text = data["message"]
+        message = "; ".join(str(m) for m in text) if isinstance(text, list) else str(text)
+    if status == 429 and quota:
+        full = _QUOTA_MESSAGE.format(org=org) + (f". Clarity said: {message}" if message else "")
+        return ClarityQuotaExceededError(status=status, message=full, url=strip_query(url))
+    return ClarityAPIError(status=status, message=message or "(no message)", url=strip_query(url))
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failed Clarity call is worth another try: a transport failure or a retryable HTTP status.
+
+    The report quota (429 on a report request) is never transient.
+
+    :param exc: the exception of the failed call (requests, aiohttp or :class:`ClarityAPIError`).
+    """
+    if isinstance(exc, ClarityQuotaExceededError):
+        return False
+    if isinstance(exc, ClarityAPIError):
+        return is_retryable_status(exc.status)
+    return is_requests_transient(exc) or is_aiohttp_transient(exc)
+
+
+def mask_presigned_url(url: str) -> None:
+    """Register the credential parts of a pre-signed URL with the secrets masker.
+
+    :param url: the pre-signed URL.
+    """
+    query = urlsplit(url).query
+    if not query:
+        return
+    mask_secret(query)
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if len(value) >= 5 and any(hint in name.lower() for hint in _SIGNED_PARAM_HINTS):
+            mask_secret(value)
+            if quote(value, safe="") != value:
+                mask_secret(quote(value, safe=""))
+
+
+def _file_name(url: str, index: int) -> str:
+    name = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+    return name if name not in ("", ".", "..") else f"report-part-{index}"
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+class _RawBody(io.RawIOBase):
+    """The undecoded body of a streamed response, with its first bytes already read (for magic bytes)."""
+
+    def __init__(self, response: requests.Response, head: bytes) -> None:
+        super().__init__()
+        self._response = response
+        self._head = head
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        if self._head:
+            count = min(len(view), len(self._head))
+            view[:count] = self._head[:count]
+            self._head = self._head[count:]
+            return count
+        data = self._response.raw.read(len(view), decode_content=False)
+        view[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._response.close()
+        super().close()
+
+
+@dataclass
+class ReportFile:
+    """One file of a report, opened for streaming. The bytes are exactly those the store holds: a gzip file
+    stays gzip even when it is served with ``Content-Encoding: gzip``.
+
+    :param index: position in the report's ``urls``.
+    :param name: the file name from the url path (e.g. ``JBZZ6FQ8XX.csv.gz``).
+    :param kind: what the magic bytes say: ``gzip``, ``parquet`` or ``text``.
+    :param stream: a buffered binary stream of the stored bytes; closed when the iteration moves on.
+    :param content_encoding: the ``Content-Encoding`` the store declared (not applied).
+    :param size: the ``Content-Length`` in bytes, when the store sent one.
+    """
+
+    index: int
+    name: str
+    kind: Literal["gzip", "parquet", "text"]
+    stream: BinaryIO
+    content_encoding: str | None = None
+    size: int | None = None
+
+
+class ClarityHook(BaseHook):
+    """Synchronous client of the Clarity Data API v2 (reports).
+
+    :param clarity_conn_id: the ``clarity`` connection.
+    :param retry_attempts: tries per HTTP call for connection errors, time-outs and 5xx (1 = no retry).
+    :param retry_backoff: the first backoff in seconds; it doubles per retry, with jitter, up to 60 s.
+    """
+
+    conn_name_attr = "clarity_conn_id"
+    default_conn_name = "clarity_default"
+    conn_type = "clarity"
+    hook_name = "Clarity"
+
+    def __init__(
+        self,
+        clarity_conn_id: str = default_conn_name,
+        *,
+        retry_attempts: int = 5,
+        retry_backoff: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.clarity_conn_id = clarity_conn_id
+        self.retry_attempts = retry_attempts
+        self.retry_backoff = retry_backoff
+
+    # -- connection form (Airflow 3.1; 3.2+ reads the same form from the provider info) --------------------
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """Extra fields of the ``clarity`` connection form (from ``CONNECTION_FORMS``)."""
+        return connection_form_widgets(cls.conn_type)
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """Hidden, relabelled and placeholder fields of the ``clarity`` connection form."""
+        return ui_field_behaviour(cls.conn_type)
+
+    # -- connection and sessions --------------------------------------------------------------------------
+    @cached_property
+    def settings(self) -> ClaritySettings:
+        """The connection's settings (read once; the API key is registered with the secrets masker)."""
+        conn = self.get_connection(self.clarity_conn_id)
+        settings = settings_from_connection(
+            self.clarity_conn_id,
+            host=conn.host,
+            login=conn.login,
+            password=conn.password,
+            extra=conn.extra_dejson,
+        )
+        mask_secret(settings.api_key)
+        return settings
+
+    @property
+    def base_url(self) -> str:
+        """The API base URL (no trailing slash)."""
+        return self.settings.base_url
+
+    @property
+    def default_org(self) -> str | None:
+        """The connection's default organization."""
+        return self.settings.org
+
+    def _org(self, org: str | None) -> str:
+        return self.settings.resolve_org(org)
+
+    @cached_property
+    def _api_session(self) -> requests.Session:
+        session = requests.Session()
+        session.headers.update({"Accept": "application/json", "Accept-Encoding": "gzip"})
+        return session
+
+    @cached_property
+    def _download_session(self) -> requests.Session:
+        # Never carries x-api-key: the pre-signed URLs point at another host. "identity" asks the store not to
+        # compress on the fly, so the bytes read are the bytes stored.
+        session = requests.Session()
+        session.headers.update({"Accept-Encoding": "identity"})
+        return session
+
+    def _retrying(self, what: str, attempts: int | None = None) -> Any:
+        return retrying(
+            is_transient,
+            attempts=attempts or self.retry_attempts,
+            wait=wait_retry_after_or_backoff(initial=self.retry_backoff, maximum=60.0),
+            logger=logging.getLogger(__name__),
+            what=what,
+        )
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        body: Any = None,
+        attempts: int | None = None,
+    ) -> Any:
+        settings = self.settings
+        url = join_url(settings.base_url, path)
+        quota = method == "POST"
+
+        def once() -> Any:
+            response = self._api_session.request(
+                method,
+                url,
+                params=params,
+                json=body,
+                headers={"x-api-key": settings.api_key},
+                timeout=settings.timeout,
+                allow_redirects=False,
+            )
+            with response:
+                if response.status_code >= 300:
+                    org = (body or {}).get("org") if isinstance(body, dict) else None
+                    raise api_error(response.status_code, response.content, url, org=org, quota=quota)
+                try:
+                    return response.json()
+                except ValueError:
+                    raise ClarityAPIError(
+                        status=response.status_code, message="the response is not JSON", url=url
+                    ) from None
+
+        return self._retrying(f"Clarity {method} {path}", attempts)(once)
+
+    # -- reports ------------------------------------------------------------------------------------------
+    def submit_report_request(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Send a report request body as built by ``build_report_request`` and return the new report record.
+
+        :param body: the body from :func:`~airflow_provider_clarify.utils.reports.build_report_request`.
+        :raises ClarityQuotaExceededError: on HTTP 429 (the daily quota), at once, without retrying.
+        """
+        record = self._call("POST", "/v2/report-requests", body=dict(body))
+        if not isinstance(record, dict) or not isinstance(record.get("reportId"), str):
+            raise ClarityAPIError(status=200, message="the report request answer has no reportId")
+        self.log.info(
+            "Requested Clarity report %s: %s, %s, %s .. %s (status %s)",
+            record["reportId"],
+            body.get("report"),
+            body.get("outputFrequency"),
+            body.get("startTime"),
+            body.get("endTime"),
+            record.get("reportStatus"),
+        )
+        return record
+
+    def request_report(
+        self,
+        *,
+        output_frequency: str,
+        start_time: datetime | str,
+        end_time: datetime | str,
+        report: str = "datasource-measurements",
+        datasource_ids: list[str] | None = None,
+        all_datasources: bool = False,
+        node_ids: list[str] | None = None,
+        ref_site_ids: list[str] | None = None,
+        org: str | None = None,
+        metric_label_style: str = "canonical",
+        file_format: str = "csv",
+        metric_select: str | None = None,
+        qc_assessment: bool = False,
+        qc_flags: bool = False,
+    ) -> dict[str, Any]:
+        """Validate and request a historical report; returns the new report record (``reportId``...).
+
+        Every argument is checked before anything is sent (see ``build_report_request``); times may be ISO
+        strings or datetimes (pendulum included) and are sent as UTC ``...T00:00:00.000Z``.
+
+        :param output_frequency: ``minute``, ``hour`` or ``day``.
+        :param start_time: first time included.
+        :param end_time: first time excluded.
+        :param report: ``datasource-measurements``, ``node-measurements`` or ``reference-site-measurements``.
+        :param datasource_ids: datasource ids (datasource report).
+        :param all_datasources: every datasource of the org instead of ``datasource_ids``.
+        :param node_ids: node ids (node report).
+        :param ref_site_ids: reference site ids (reference-site report).
+        :param org: the organization; default: the connection's.
+        :param metric_label_style: ``canonical``, ``english`` or ``legacy``.
+        :param file_format: ``csv`` or ``parquet``.
+        :param metric_select: Clarity's metric filter.
+        :param qc_assessment: add ``qcAssessment`` columns.
+        :param qc_flags: add ``qcFlags`` columns.
+        :raises ValueError: on bad input, before any request.
+        :raises ClarityQuotaExceededError: on HTTP 429, at once.
+        """
+        body = build_report_request(
+            org=self._org(org),
+            report=report,
+            output_frequency=output_frequency,
+            start=start_time,
+            end=end_time,
+            datasource_ids=datasource_ids,
+            all_datasources=all_datasources,
+            node_ids=node_ids,
+            ref_site_ids=ref_site_ids,
+            metric_label_style=metric_label_style,
+            file_format=file_format,
+            metric_select=metric_select,
+            qc_assessment=qc_assessment,
+            qc_flags=qc_flags,
+        )
+        return self.submit_report_request(body)
+
+    def get_report(self, report_id: str, org: str | None = None) -> dict[str, Any]:
+        """Read a report record (status, message, urls, urlsExpireAt).
+
+        Uses the documented ``GET /v2/report-request/<id>`` and falls back to the plural path, which other
+        clients use, on HTTP 404.
+
+        :param report_id: the report id.
+        :param org: the organization; default: the connection's.
+        """
+        if not isinstance(report_id, str) or not report_id.strip():
+            raise ValueError(f"report_id: expected a non-empty report id, got {report_id!r}")
+        params = {"org": self._org(org)}
+        try:
+            record = self._call(
+                "GET", f"/v2/report-request/{quote(report_id.strip(), safe='')}", params=params
+            )
+        except ClarityAPIError as exc:
+            if exc.status != 404:
+                raise
+            record = self._call(
+                "GET", f"/v2/report-requests/{quote(report_id.strip(), safe='')}", params=params
+            )
+        if not isinstance(record, dict):
+            raise ClarityAPIError(status=200, message="the report answer is not a JSON object")
+        return record
+
+    def _succeeded_record(self, report_id: str, org: str | None) -> dict[str, Any]:
+        record = self.get_report(report_id, org)
+        outcome = report_outcome(record)
+        if outcome.state == "failed":
+            raise ClarityReportFailedError(report_id=report_id, message=outcome.message)
+        if outcome.state != "succeeded":
+            raise AirflowException(f"Clarity report {report_id} has no files to download: {outcome.message}")
+        for url in record["urls"]:
+            mask_presigned_url(url)
+        return record
+
+    def _open_download(self, url: str) -> requests.Response:
+        settings = self.settings
+
+        def once() -> requests.Response:
+            response = self._download_session.get(url, stream=True, timeout=settings.timeout)
+            if response.status_code >= 300:
+                body = response.raw.read(2000, decode_content=False) or b""
+                response.close()
+                raise api_error(response.status_code, body, url)
+            return response
+
+        return self._retrying(f"download {strip_query(url)}")(once)
+
+    def open_report_files(self, report_id: str, org: str | None = None) -> Iterator[ReportFile]:
+        """Open the files of a succeeded report one after the other, streaming.
+
+        Each :class:`ReportFile` streams the bytes exactly as stored (gzip stays gzip; ``kind`` tells from the
+        magic bytes). A file's stream is closed when the iteration moves to the next one. When the store
+        answers HTTP 403 (an expired pre-signed url), the report is read again for fresh urls and that file is
+        opened again from its start, up to :data:`MAX_URL_REFRESHES` times; urls about to expire are renewed
+        before use. Connection errors, time-outs and 5xx are retried with backoff.
+
+        :param report_id: the report id.
+        :param org: the organization; default: the connection's.
+        :raises ClarityReportFailedError: when the report failed.
+        :raises AirflowException: when it is not (yet) succeeded or has no urls.
+        """
+        record = self._succeeded_record(report_id, org)
+        count = len(record["urls"])
+        self.log.info("Clarity report %s has %d file(s)", report_id, count)
+        for index in range(count):
+            expires = _parse_time(record.get("urlsExpireAt"))
+            if expires is not None and expires - URL_EXPIRY_MARGIN <= datetime.now(UTC):
+                self.log.info(
+                    "Download urls of report %s expire at %s; reading fresh ones", report_id, expires
+                )
+                record = self._fresh_record(report_id, org, count)
+            refreshes = 0
+            while True:
+                url = record["urls"][index]
+                try:
+                    response = self._open_download(url)
+                except ClarityAPIError as exc:
+                    if exc.status != 403 or refreshes >= MAX_URL_REFRESHES:
+                        raise
+                    refreshes += 1
+                    self.log.warning(
+                        "Download of %s refused (HTTP 403, expired url); reading report %s for fresh urls",
+                        strip_query(url),
+                        report_id,
+                    )
+                    record = self._fresh_record(report_id, org, count)
+                    continue
+                break
+            report_file = self._report_file(index, url, response)
+            try:
+                yield report_file
+            finally:
+                report_file.stream.close()
+
+    def _fresh_record(self, report_id: str, org: str | None, count: int) -> dict[str, Any]:
+        record = self._succeeded_record(report_id, org)
+        if len(record["urls"]) != count:
+            raise AirflowException(
+                f"Clarity report {report_id} now has {len(record['urls'])} file(s) instead of {count}"
+            )
+        return record
+
+    def _report_file(self, index: int, url: str, response: requests.Response) -> ReportFile:
+        head = b""
+        try:
+            while len(head) < 4:
+                more = response.raw.read(4 - len(head), decode_content=False)
+                if not more:
+                    break
+                head += more
+        except BaseException:
+            response.close()
+            raise
+        length = response.headers.get("Content-Length")
+        self.log.info("Streaming file %d of the report from %s", index, strip_query(url))
+        return ReportFile(
+            index=index,
+            name=_file_name(url, index),
+            kind=detect_file_kind(head),
+            stream=io.BufferedReader(_RawBody(response, head), buffer_size=_CHUNK),
+            content_encoding=response.headers.get("Content-Encoding"),
+            size=int(length) if length and length.isdigit() else None,
+        )
+
+    def download_report(
+        self, report_id: str, destination: str | os.PathLike[str], org: str | None = None
+    ) -> list[Path]:
+        """Download every file of a succeeded report into a local folder, byte for byte as stored.
+
+        Each file is written to a temporary name and renamed when complete. Repeated file names get their
+        index as prefix.
+
+        :param report_id: the report id.
+        :param destination: the folder (created when missing).
+        :param org: the organization; default: the connection's.
+        :return: the written paths, in ``urls`` order.
+        """
+        folder = Path(destination)
+        folder.mkdir(parents=True, exist_ok=True)
+        written: list[Path] = []
+        for report_file in self.open_report_files(report_id, org):
+            name = report_file.name
+            if any(path.name == name for path in written):
+                name = f"{report_file.index}-{name}"
+            target = folder / name
+            handle, temp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".part")
+            try:
+                with os.fdopen(handle, "wb") as out, report_file.stream as source:
+                    shutil.copyfileobj(source, out, _CHUNK)
+                os.replace(temp, target)
+            except BaseException:
+                Path(temp).unlink(missing_ok=True)
+                raise
+            written.append(target)
+        return written
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Check the connection with one cheap read (``GET /v2/datasources?org=``); never raises."""
+        try:
+            org = self._org(None)
+            # One attempt: a connection test in the UI should answer quickly.
+            answer = self._call("GET", "/v2/datasources", params={"org": org}, attempts=1)
+            count = len(answer.get("datasources") or []) if isinstance(answer, dict) else 0
+            return True, f"Connected to Clarity at {self.base_url}; org {org!r} has {count} datasource(s)"
+        except Exception as exc:
+            return False, f"{type(exc).__name__}: {exc}"
+
+
+class ClarityAsyncHook(BaseHook):
+    """Asynchronous reads of Clarity reports, for triggers.
+
+    The connection is resolved the async-safe way (``get_async_connection``); the caller owns the
+    ``aiohttp`` session (one per trigger run, see :meth:`session`). Calls are single attempts: the
+    trigger decides about retries, because it knows its deadline.
+
+    :param clarity_conn_id: the ``clarity`` connection.
+    """
+
+    conn_name_attr = "clarity_conn_id"
+    default_conn_name = "clarity_default"
+    conn_type = "clarity"
+    hook_name = "Clarity (async)"
+
+    def __init__(self, clarity_conn_id: str = default_conn_name) -> None:
+        super().__init__()
+        self.clarity_conn_id = clarity_conn_id
+        self._settings: ClaritySettings | None = None
+
+    async def get_settings(self) -> ClaritySettings:
+        """The connection's settings, looked up once without blocking the event loop."""
+        if self._settings is None:
+            conn: Connection = await get_async_connection(self.clarity_conn_id, hook=self)
+            extra = await get_async_extra_dejson(conn)
+            self._settings = settings_from_connection(
+                self.clarity_conn_id, host=conn.host, login=conn.login, password=conn.password, extra=extra
+            )
+        return self._settings
+
+    async def session(self) -> aiohttp.ClientSession:
+        """A new ``aiohttp`` session with the connection's time-out; close it when done (``async with``)."""
+        import aiohttp
+
+        settings = await self.get_settings()
+        return aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=settings.timeout),
+            headers={"Accept": "application/json"},
+        )
+
+    async def _get(self, session: aiohttp.ClientSession, path: str, params: dict[str, str]) -> Any:
+        settings = await self.get_settings()
+        url = join_url(settings.base_url, path)
+        async with session.get(
+            url, params=params, headers={"x-api-key": settings.api_key}, allow_redirects=False
+        ) as response:
+            body = await response.read()
+            if response.status >= 300:
+                raise api_error(response.status, body, url)
+            try:
+                return json.loads(body)
+            except ValueError:
+                raise ClarityAPIError(
+                    status=response.status, message="the response is not JSON", url=url
+                ) from None
+
+    async def get_report(
+        self, session: aiohttp.ClientSession, report_id: str, org: str | None = None
+    ) -> dict[str, Any]:
+        """Read a report record once (documented singular path, plural on HTTP 404).
+
+        :param session: the caller's aiohttp session (from :meth:`session`).
+        :param report_id: the report id.
+        :param org: the organization; default: the connection's.
+        """
+        settings = await self.get_settings()
+        chosen = settings.resolve_org(org)
+        quoted = quote(report_id, safe="")
+        try:
+            record = await self._get(session, f"/v2/report-request/{quoted}", {"org": chosen})
+        except ClarityAPIError as exc:
+            if exc.status != 404:
+                raise
+            record = await self._get(session, f"/v2/report-requests/{quoted}", {"org": chosen})
+        if not isinstance(record, dict):
+            raise ClarityAPIError(status=200, message="the report answer is not a JSON object")
+        return record

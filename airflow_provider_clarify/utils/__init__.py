@@ -1,0 +1,3 @@
+"""Small helpers shared by the hooks and operators (pure logic unless the module says otherwise)."""
+
+from __future__ import annotations
