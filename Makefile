@@ -55,4 +55,39 @@ demo: airflow-home
 	$(BIN)/python scripts/demo.py
 
 clean:
-	rm -rf $(VENV) $(OLD_VENV) $(AIRFLOW_HOME) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(OLD_VENV) $(AIRFLOW_HOME) .mypy_cache .ruff_cache .pytest_cache dist build docs/_build
+
+# `make docs`: the documentation site in docs/_build/html (Sphinx); any warning fails the build.
+DOCS_STAMP := $(VENV)/.docs-installed
+
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable ".[docs]"
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	rm -rf docs/_build
+	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
+
+# `make dist`: sdist and wheel in dist/, checked with twine; then the wheel is installed into a fresh
+# virtualenv under /tmp (deleted afterwards), where `airflow providers list` must show the provider.
+RELEASE_STAMP := $(VENV)/.release-installed
+
+$(RELEASE_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable ".[release]"
+	touch $(RELEASE_STAMP)
+
+dist: $(RELEASE_STAMP)
+	rm -rf dist build
+	$(BIN)/python -m build --outdir dist .
+	$(BIN)/twine check --strict dist/*
+	@set -euo pipefail; \
+	check=$$(mktemp -d /tmp/clarify-dist-check-XXXXXX); trap 'rm -rf "$$check"' EXIT; \
+	echo "Installing dist/*.whl into a clean virtualenv in $$check"; \
+	$(PYTHON) -m venv "$$check/venv"; \
+	"$$check/venv/bin/python" -m pip install --quiet --constraint "$(CURDIR)/constraints.txt" "$(CURDIR)"/dist/*.whl; \
+	cd "$$check"; \
+	AIRFLOW_HOME="$$check/airflow-home" "$$check/venv/bin/airflow" providers list > providers.txt; \
+	grep -E '^airflow-provider-clarify ' providers.txt; \
+	echo "dist: twine check passed; the wheel installs into a clean virtualenv and Airflow lists the provider"
+
+.PHONY: docs dist

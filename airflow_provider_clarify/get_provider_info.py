@@ -35,7 +35,8 @@ CONNECTION_FORMS: dict[str, dict[str, Any]] = {
         "conn-fields": {
             "client_id": {
                 "label": "OAuth client ID",
-                "description": "Set to use OAuth 2.0 client credentials; the password is then the client secret.",
+                "description": "Set to use OAuth 2.0 client credentials; "
+                "the password is then the client secret.",
                 "schema": {"type": ["string", "null"]},
             },
             "credentials": {
@@ -69,11 +70,6 @@ CONNECTION_FORMS: dict[str, dict[str, Any]] = {
             },
         },
         "conn-fields": {
-            "org": {
-                "label": "Organization",
-                "description": "Default organization; overrides Login when both are set.",
-                "schema": {"type": ["string", "null"]},
-            },
             "timeout": {
                 "label": "Timeout (s)",
                 "description": "HTTP timeout per request.",

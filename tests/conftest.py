@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from cryptography.fernet import Fernet
+from moto_s3 import moto_endpoint_fixture, moto_s3_fixture  # noqa: F401 - fixtures for every module
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,8 @@ from airflow_provider_clarify.testing.clarify import ClarifySandbox
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
+
+    from moto_s3 import MotoS3
 
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
 
@@ -82,6 +85,19 @@ def test_dict_and_arrow_inputs(sandbox: ClarifySandbox) -> None:
     assert result["points"] == 2
     assert sandbox.points("t") == {T0: 2.0, T0 + timedelta(minutes=1): 3.0}
     assert sandbox.points("d") == {T0: 1.5}
+
+
+def test_a_file_on_s3_is_read_with_the_connection_in_its_uri(
+    sandbox: ClarifySandbox, moto_s3: MotoS3
+) -> None:
+    df = frame(n=50)
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(df.reset_index(), preserve_index=False), buffer)
+    moto_s3.put("in/data.parquet", buffer.getvalue())
+    uri = f"s3://{moto_s3.conn_id}@{moto_s3.bucket}/in/data.parquet"  # no file_conn_id: the URI names it
+    result = operator(data=uri).execute(context={})
+    assert result["points"] == int(df.notna().sum().sum())
+    assert_stored(sandbox, df)
 
 
 @pytest.mark.parametrize("kind", ["csv", "csv.gz", "parquet", "objectstoragepath"])

@@ -13,6 +13,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 import requests_mock as requests_mock_module
+from airflow.providers.common.compat.sdk import AirflowException
 
 from airflow_provider_clarify.exceptions import (
     ClarityAPIError,
@@ -21,6 +22,7 @@ from airflow_provider_clarify.exceptions import (
 )
 from airflow_provider_clarify.hooks.clarity import (
     DEFAULT_HOST,
+    MAX_RESUMES,
     ClarityHook,
     settings_from_connection,
 )
@@ -249,6 +251,32 @@ def test_expired_urls_are_refreshed_and_the_file_reopened(sandbox: ClaritySandbo
         (expected[1].name, 200),
     ]
     assert [p for _, p, _ in api_paths(sandbox)].count(f"/v2/report-request/{report_id}") == 2
+
+
+def test_a_download_that_breaks_off_resumes_where_it_stopped(
+    sandbox: ClaritySandbox, hook: ClarityHook
+) -> None:
+    report_id = ready_report(sandbox, hook, output_frequency="minute")
+    (expected,) = sandbox.report_files(report_id)
+    sandbox.store.faults.truncate_next(2)  # the first opening and the first resume break off half-way
+    (report_file,) = list_files(hook, report_id)
+    assert report_file.data == expected.read_bytes()
+    sent = [(r.headers.get("Range"), r.fault) for r in sandbox.store.requests]
+    half = expected.stat().st_size // 2
+    assert sent == [(None, "truncate"), (f"bytes={half}-", "truncate"), (f"bytes={half}-", None)]
+
+
+def test_a_download_that_keeps_breaking_off_fails_naming_the_file(
+    sandbox: ClaritySandbox, hook: ClarityHook
+) -> None:
+    report_id = ready_report(sandbox, hook)
+    (expected,) = sandbox.report_files(report_id)
+    sandbox.store.faults.truncate_next(MAX_RESUMES + 1)
+    with pytest.raises(
+        AirflowException, match=rf"{expected.name} broke off at byte \d+ of {expected.stat().st_size}"
+    ):
+        list_files(hook, report_id)
+    assert len(sandbox.store.requests) == MAX_RESUMES + 1
 
 
 def test_urls_about_to_expire_are_renewed_before_use(sandbox: ClaritySandbox, hook: ClarityHook) -> None:

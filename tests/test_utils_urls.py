@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_provider_clarify.utils.urls import is_loopback_host, join_url, strip_query, validate_base_url
+from airflow_provider_clarify.utils.urls import (
+    is_loopback_host,
+    join_url,
+    split_conn_id,
+    strip_query,
+    validate_base_url,
+)
 
 
 @pytest.mark.parametrize(
@@ -70,3 +76,9 @@ def test_join_and_strip() -> None:
     )
     assert join_url("http://h", "", "v2/report-requests") == "http://h/v2/report-requests"
     assert strip_query("https://b.s3/x.csv.gz?X-Amz-Signature=abc#f") == "https://b.s3/x.csv.gz"
+
+
+def test_split_conn_id() -> None:
+    assert split_conn_id("s3://aws_x@bucket/k/f.csv") == ("s3://bucket/k/f.csv", "aws_x")
+    assert split_conn_id("s3://bucket/k") == ("s3://bucket/k", None)
+    assert split_conn_id("file:///data/x") == ("file:///data/x", None)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import requests
+import urllib3
 from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
 from airflow.providers.common.compat.sdk import AirflowException, BaseHook, mask_secret
 
@@ -51,7 +52,7 @@ from airflow_provider_clarify.utils.retries import (
 from airflow_provider_clarify.utils.urls import join_url, strip_query, validate_base_url
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping
+    from collections.abc import Callable, Generator, Mapping
 
     import aiohttp
     from airflow.sdk import Connection
@@ -60,6 +61,8 @@ DEFAULT_HOST = "https://clarity-data-api.clarity.io"
 DEFAULT_TIMEOUT = 30.0
 #: How many times one file's download re-reads the report for fresh urls after an HTTP 403 (expired url).
 MAX_URL_REFRESHES = 2
+#: How many times one file's download resumes after the connection broke off (or the body ended early).
+MAX_RESUMES = 3
 #: Refresh urls before opening a file when they expire within this margin.
 URL_EXPIRY_MARGIN = timedelta(seconds=30)
 _CHUNK = 1024 * 1024
@@ -70,6 +73,8 @@ _QUOTA_MESSAGE = (
 )
 #: Query parameters of pre-signed URLs that are (part of) a credential.
 _SIGNED_PARAM_HINTS = ("signature", "credential", "token", "key", "sig", "policy")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -193,9 +198,19 @@ def mask_presigned_url(url: str) -> None:
                 mask_secret(quote(value, safe=""))
 
 
-def _file_name(url: str, index: int) -> str:
-    name = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
-    return name if name not in ("", ".", "..") else f"report-part-{index}"
+def report_file_name(url: str, index: int) -> str:
+    """The file name of a report file: the last segment of its url path, made safe to use as a file name.
+
+    Separators (``/``, ``\\``, also when percent-encoded) and control characters become ``_``, so a name can
+    never point outside the folder it is written to; an empty, ``.`` or ``..`` name becomes
+    ``report-part-<index>``.
+
+    :param url: the pre-signed url.
+    :param index: the file's position in the report's ``urls``.
+    """
+    raw = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+    name = "".join("_" if ch in "/\\" or ord(ch) < 32 or ch == "\x7f" else ch for ch in raw).strip()
+    return name if name.strip(".") else f"report-part-{index}"
 
 
 def _parse_time(value: Any) -> datetime | None:
@@ -208,27 +223,83 @@ def _parse_time(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
-class _RawBody(io.RawIOBase):
-    """The undecoded body of a streamed response, with its first bytes already read (for magic bytes)."""
+#: Exceptions of a download that broke off after its start (the rest can be fetched again).
+_BROKEN_DOWNLOAD = (
+    urllib3.exceptions.ProtocolError,
+    urllib3.exceptions.ReadTimeoutError,
+    urllib3.exceptions.IncompleteRead,
+    requests.exceptions.ConnectionError,
+    requests.exceptions.ChunkedEncodingError,
+    ConnectionError,
+)
 
-    def __init__(self, response: requests.Response, head: bytes) -> None:
+
+class _ResumableBody(io.RawIOBase):
+    """The undecoded body of one report file, read from a streamed response.
+
+    When the connection breaks off, or the body ends before its ``Content-Length``, the file is opened again
+    (``reopen(offset)``: fresh urls on HTTP 403, ``Range`` from the offset) and reading goes on where it
+    stopped, up to ``attempts`` times. A store that ignores ``Range`` answers 200 with the whole file: the
+    bytes already delivered are then skipped. An ``ETag`` that changed between attempts fails the download:
+    the pieces would not belong to the same file.
+    """
+
+    def __init__(
+        self,
+        response: requests.Response,
+        *,
+        reopen: Callable[[int], requests.Response],
+        name: str,
+        size: int | None,
+        attempts: int,
+    ) -> None:
         super().__init__()
         self._response = response
-        self._head = head
+        self._reopen = reopen
+        self._name = name
+        self._size = size
+        self._attempts_left = attempts
+        self._etag = response.headers.get("ETag")
+        self._position = 0
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
-        if self._head:
-            count = min(len(view), len(self._head))
-            view[:count] = self._head[:count]
-            self._head = self._head[count:]
-            return count
-        data = self._response.raw.read(len(view), decode_content=False)
-        view[: len(data)] = data
-        return len(data)
+        while True:
+            try:
+                data = self._response.raw.read(len(view), decode_content=False)
+            except _BROKEN_DOWNLOAD as exc:
+                self._resume(f"{type(exc).__name__}: {exc}")
+                continue
+            if not data and self._size is not None and self._position < self._size and len(view):
+                self._resume("the body ended early")
+                continue
+            view[: len(data)] = data
+            self._position += len(data)
+            return len(data)
+
+    def _resume(self, why: str) -> None:
+        where = f"at byte {self._position}" + (f" of {self._size}" if self._size is not None else "")
+        if self._attempts_left <= 0:
+            raise AirflowException(f"Download of report file {self._name} broke off {where}: {why}")
+        self._attempts_left -= 1
+        log.warning("Download of report file %s broke off %s (%s); resuming", self._name, where, why)
+        self._response.close()
+        response = self._reopen(self._position)
+        etag = response.headers.get("ETag")
+        if self._etag and etag and etag != self._etag:
+            response.close()
+            raise AirflowException(f"Report file {self._name} changed while it was downloaded (ETag)")
+        if response.status_code != 206:  # the whole file again: skip what was delivered
+            skip = self._position
+            while skip:
+                chunk = response.raw.read(min(skip, _CHUNK), decode_content=False)
+                if not chunk:
+                    break  # shorter than before: the read loop resumes again (or gives up)
+                skip -= len(chunk)
+        self._response = response
 
     def close(self) -> None:
         if not self.closed:
@@ -340,7 +411,7 @@ class ClarityHook(BaseHook):
             is_transient,
             attempts=attempts or self.retry_attempts,
             wait=wait_retry_after_or_backoff(initial=self.retry_backoff, maximum=60.0),
-            logger=logging.getLogger(__name__),
+            logger=log,
             what=what,
         )
 
@@ -463,7 +534,8 @@ class ClarityHook(BaseHook):
         """Read a report record (status, message, urls, urlsExpireAt).
 
         Uses the documented ``GET /v2/report-request/<id>`` and falls back to the plural path, which other
-        clients use, on HTTP 404.
+        clients use, on HTTP 404. The signatures of the record's pre-signed urls are registered with the
+        secrets masker.
 
         :param report_id: the report id.
         :param org: the organization; default: the connection's.
@@ -483,6 +555,9 @@ class ClarityHook(BaseHook):
             )
         if not isinstance(record, dict):
             raise ClarityAPIError(status=200, message="the report answer is not a JSON object")
+        for url in record.get("urls") or []:
+            if isinstance(url, str):
+                mask_presigned_url(url)
         return record
 
     def _succeeded_record(self, report_id: str, org: str | None) -> dict[str, Any]:
@@ -492,15 +567,14 @@ class ClarityHook(BaseHook):
             raise ClarityReportFailedError(report_id=report_id, message=outcome.message)
         if outcome.state != "succeeded":
             raise AirflowException(f"Clarity report {report_id} has no files to download: {outcome.message}")
-        for url in record["urls"]:
-            mask_presigned_url(url)
         return record
 
-    def _open_download(self, url: str) -> requests.Response:
+    def _open_download(self, url: str, start: int = 0) -> requests.Response:
         settings = self.settings
+        headers = {"Range": f"bytes={start}-"} if start else None
 
         def once() -> requests.Response:
-            response = self._download_session.get(url, stream=True, timeout=settings.timeout)
+            response = self._download_session.get(url, stream=True, timeout=settings.timeout, headers=headers)
             if response.status_code >= 300:
                 body = response.raw.read(2000, decode_content=False) or b""
                 response.close()
@@ -509,52 +583,60 @@ class ClarityHook(BaseHook):
 
         return self._retrying(f"download {strip_query(url)}")(once)
 
-    def open_report_files(self, report_id: str, org: str | None = None) -> Iterator[ReportFile]:
+    def open_report_files(self, report_id: str, org: str | None = None) -> Generator[ReportFile, None, None]:
         """Open the files of a succeeded report one after the other, streaming.
 
         Each :class:`ReportFile` streams the bytes exactly as stored (gzip stays gzip; ``kind`` tells from the
         magic bytes). A file's stream is closed when the iteration moves to the next one. When the store
-        answers HTTP 403 (an expired pre-signed url), the report is read again for fresh urls and that file is
-        opened again from its start, up to :data:`MAX_URL_REFRESHES` times; urls about to expire are renewed
-        before use. Connection errors, time-outs and 5xx are retried with backoff.
+        answers HTTP 403 (an expired pre-signed url), the report is read again for fresh urls and the file is
+        opened again, up to :data:`MAX_URL_REFRESHES` times; urls about to expire are renewed before use.
+        Connection errors, time-outs and 5xx are retried with backoff, and a download that breaks off in the
+        middle resumes where it stopped, up to :data:`MAX_RESUMES` times.
 
         :param report_id: the report id.
         :param org: the organization; default: the connection's.
         :raises ClarityReportFailedError: when the report failed.
         :raises AirflowException: when it is not (yet) succeeded or has no urls.
         """
-        record = self._succeeded_record(report_id, org)
-        count = len(record["urls"])
+        state = {"record": self._succeeded_record(report_id, org)}
+        count = len(state["record"]["urls"])
         self.log.info("Clarity report %s has %d file(s)", report_id, count)
         for index in range(count):
-            expires = _parse_time(record.get("urlsExpireAt"))
-            if expires is not None and expires - URL_EXPIRY_MARGIN <= datetime.now(UTC):
-                self.log.info(
-                    "Download urls of report %s expire at %s; reading fresh ones", report_id, expires
-                )
-                record = self._fresh_record(report_id, org, count)
-            refreshes = 0
-            while True:
-                url = record["urls"][index]
-                try:
-                    response = self._open_download(url)
-                except ClarityAPIError as exc:
-                    if exc.status != 403 or refreshes >= MAX_URL_REFRESHES:
-                        raise
-                    refreshes += 1
-                    self.log.warning(
-                        "Download of %s refused (HTTP 403, expired url); reading report %s for fresh urls",
-                        strip_query(url),
-                        report_id,
-                    )
-                    record = self._fresh_record(report_id, org, count)
-                    continue
-                break
-            report_file = self._report_file(index, url, response)
+
+            def open_at(start: int, index: int = index) -> requests.Response:
+                state["record"], response = self._open_file(report_id, org, index, state["record"], start)
+                return response
+
+            response = open_at(0)
+            report_file = self._report_file(index, state["record"]["urls"][index], response, open_at)
             try:
                 yield report_file
             finally:
                 report_file.stream.close()
+
+    def _open_file(
+        self, report_id: str, org: str | None, index: int, record: dict[str, Any], start: int
+    ) -> tuple[dict[str, Any], requests.Response]:
+        """Open one file of the report from byte ``start``; returns the (maybe re-read) record too."""
+        count = len(record["urls"])
+        expires = _parse_time(record.get("urlsExpireAt"))
+        if expires is not None and expires - URL_EXPIRY_MARGIN <= datetime.now(UTC):
+            self.log.info("Download urls of report %s expire at %s; reading fresh ones", report_id, expires)
+            record = self._fresh_record(report_id, org, count)
+        for refreshes in range(MAX_URL_REFRESHES + 1):
+            url = record["urls"][index]
+            try:
+                return record, self._open_download(url, start)
+            except ClarityAPIError as exc:
+                if exc.status != 403 or refreshes == MAX_URL_REFRESHES:
+                    raise
+                self.log.warning(
+                    "Download of %s refused (HTTP 403, expired url); reading report %s for fresh urls",
+                    strip_query(url),
+                    report_id,
+                )
+                record = self._fresh_record(report_id, org, count)
+        raise AssertionError("unreachable")  # the loop returns or raises
 
     def _fresh_record(self, report_id: str, org: str | None, count: int) -> dict[str, Any]:
         record = self._succeeded_record(report_id, org)
@@ -564,26 +646,31 @@ class ClarityHook(BaseHook):
             )
         return record
 
-    def _report_file(self, index: int, url: str, response: requests.Response) -> ReportFile:
-        head = b""
-        try:
-            while len(head) < 4:
-                more = response.raw.read(4 - len(head), decode_content=False)
-                if not more:
-                    break
-                head += more
-        except BaseException:
-            response.close()
-            raise
+    def _report_file(
+        self,
+        index: int,
+        url: str,
+        response: requests.Response,
+        reopen: Callable[[int], requests.Response],
+    ) -> ReportFile:
         length = response.headers.get("Content-Length")
+        size = int(length) if length and length.isdigit() else None
+        name = report_file_name(url, index)
+        body = _ResumableBody(response, reopen=reopen, name=name, size=size, attempts=MAX_RESUMES)
+        stream = io.BufferedReader(body, buffer_size=_CHUNK)
+        try:
+            head = stream.peek(4)[:4]
+        except BaseException:
+            stream.close()
+            raise
         self.log.info("Streaming file %d of the report from %s", index, strip_query(url))
         return ReportFile(
             index=index,
-            name=_file_name(url, index),
+            name=name,
             kind=detect_file_kind(head),
-            stream=io.BufferedReader(_RawBody(response, head), buffer_size=_CHUNK),
+            stream=stream,
             content_encoding=response.headers.get("Content-Encoding"),
-            size=int(length) if length and length.isdigit() else None,
+            size=size,
         )
 
     def download_report(

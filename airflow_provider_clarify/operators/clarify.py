@@ -20,6 +20,7 @@ from airflow_provider_clarify.hooks.clarify import ClarifyHook, InsertSummary
 from airflow_provider_clarify.utils.frames import TIME_COLUMN, to_frame, validate_key
 from airflow_provider_clarify.utils.payload import DEFAULT_REQUEST_BYTES, check_budget, merge_signals_by_input
 from airflow_provider_clarify.utils.signals import save_view
+from airflow_provider_clarify.utils.urls import split_conn_id
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -137,7 +138,10 @@ class ClarifyInsertOperator(BaseOperator):
         text = os.fspath(data).strip()
         if not text:
             raise ValueError("data: the file path is empty")
-        return ObjectStoragePath(text, conn_id=self.file_conn_id)
+        # Pass exactly one connection id: Airflow 3.1 drops a URI's own one when conn_id=None is given.
+        uri, embedded = split_conn_id(text)
+        conn_id = self.file_conn_id or embedded
+        return ObjectStoragePath(uri, conn_id=conn_id) if conn_id else ObjectStoragePath(uri)
 
     def _file_tables(self, path: ObjectStoragePath) -> Iterator[tuple[int, pa.Table]]:
         """The file's rows in batches as ``(index of the first row, pyarrow Table)`` (validated later)."""

@@ -82,3 +82,20 @@ def strip_query(url: str) -> str:
     """
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+
+def split_conn_id(uri: str) -> tuple[str, str | None]:
+    """Split an Airflow object storage URI into the URI without its connection id, and that id.
+
+    ``ObjectStoragePath`` writes a connection id as the URI's user info (``s3://aws_default@bucket/key``).
+    Airflow 3.1 and 3.3 disagree on whether that or a ``conn_id=`` argument wins (and 3.1 drops it when
+    ``conn_id=None`` is passed), so callers split it off and pass exactly one connection id.
+
+    :param uri: the URI (or a plain path, returned as it is).
+    :return: ``(URI without user info, connection id or None)``.
+    """
+    parts = urlsplit(uri)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if not at:
+        return uri, None
+    return parts._replace(netloc=host).geturl(), userinfo or None
