@@ -120,6 +120,11 @@ def get_provider_info() -> dict[str, Any]:
             },
             {
                 "source-integration-name": "Clarity",
+                "target-integration-name": "Clarify",
+                "python-module": f"{PACKAGE}.transfers.clarity_recent_to_clarify",
+            },
+            {
+                "source-integration-name": "Clarity",
                 "target-integration-name": "Common IO",
                 "python-module": f"{PACKAGE}.transfers.clarity_to_object_storage",
             },

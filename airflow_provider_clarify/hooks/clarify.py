@@ -581,34 +581,8 @@ class ClarifyHook(BaseHook):
                 if progress.requests:
                     exc.add_note(f"Before this error {progress.stored()}.")
                 raise
-            progress.frames += 1
-            progress.read_points += frame.points
-            progress.duplicates += frame.duplicates
-            for request in insert_requests(
-                frame, integration_id=integration, max_bytes=self.max_request_bytes
-            ):
-                number = progress.requests + 1
-                self.log.info("Clarify %s request %d: %s", INSERT_METHOD, number, request.describe())
-                try:
-                    result = self._call(INSERT_METHOD, request.body)
-                    merge_signals_by_input(progress.signals, result, request.keys)
-                except (ClarifyRPCError, ValueError) as exc:
-                    detail = (
-                        f"insert request {number} failed; {progress.stored()}. "
-                        f"The failed request carried {request.describe()}. "
-                        "Inserts are idempotent: running the whole insert again is safe."
-                    )
-                    if isinstance(exc, ClarifyRPCError):
-                        raise ClarifyRPCError(
-                            code=exc.code,
-                            message=f"{exc.message} -- {detail}",
-                            params=exc.params,
-                            trace=exc.trace,
-                            method=INSERT_METHOD,
-                        ) from exc
-                    raise ClarifyRPCError(code=502, message=f"unexpected answer: {exc} -- {detail}") from exc
-                progress.add(request)
-                self._created_keys.update(k for k in request.keys if progress.signals[k].get("created"))
+            self._insert_one_frame(frame, integration, progress)
+            del frame  # not kept alive while the next frame is made
         if progress.duplicates:
             self.log.warning(
                 "%d input row(s) repeated an earlier time; merged (last non-null value per series wins)",
@@ -626,6 +600,35 @@ class ClarifyHook(BaseHook):
             points=progress.points,
             duplicates=progress.duplicates,
         )
+
+    def _insert_one_frame(self, frame: Frame, integration: str, progress: _InsertProgress) -> None:
+        progress.frames += 1
+        progress.read_points += frame.points
+        progress.duplicates += frame.duplicates
+        for request in insert_requests(frame, integration_id=integration, max_bytes=self.max_request_bytes):
+            number = progress.requests + 1
+            self.log.info("Clarify %s request %d: %s", INSERT_METHOD, number, request.describe())
+            try:
+                result = self._call(INSERT_METHOD, request.body)
+                merge_signals_by_input(progress.signals, result, request.keys)
+            except (ClarifyRPCError, ValueError) as exc:
+                detail = (
+                    f"insert request {number} failed; {progress.stored()}. "
+                    f"The failed request carried {request.describe()}. "
+                    "Inserts are idempotent: running the whole insert again is safe."
+                )
+                if isinstance(exc, ClarifyRPCError):
+                    raise ClarifyRPCError(
+                        code=exc.code,
+                        message=f"{exc.message} -- {detail}",
+                        params=exc.params,
+                        trace=exc.trace,
+                        method=INSERT_METHOD,
+                    ) from exc
+                raise ClarifyRPCError(code=502, message=f"unexpected answer: {exc} -- {detail}") from exc
+            progress.add(request)
+            self._created_keys.update(k for k in request.keys if progress.signals[k].get("created"))
+            del request  # its body is not kept while the next one is built
 
     def save_signals(
         self,

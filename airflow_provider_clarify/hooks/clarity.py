@@ -1,6 +1,7 @@
-"""Hooks for the Clarity (clarity.io) Data API v2: historical reports and their files.
+"""Hooks for the Clarity (clarity.io) Data API v2: historical reports and their files, recent measurements.
 
-:class:`ClarityHook` (requests) requests reports, reads them and streams their files;
+:class:`ClarityHook` (requests) requests reports, reads them and streams their files, and reads recent
+measurements (no quota) with their continuation tokens, which are registered with the secrets masker;
 :class:`ClarityAsyncHook` (aiohttp) reads reports from a trigger. Both take the connection ``clarity``
 (SPEC §2): host = API URL (default ``https://clarity-data-api.clarity.io``), password = API key (header
 ``x-api-key``), login or extra ``org`` = default organization, extra ``timeout`` = seconds per request.
@@ -21,6 +22,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
@@ -37,6 +39,14 @@ from airflow_provider_clarify.exceptions import (
     ClarityReportFailedError,
 )
 from airflow_provider_clarify.utils.forms import connection_form_widgets, ui_field_behaviour
+from airflow_provider_clarify.utils.recent import (
+    CONTINUATION_PATH,
+    QUERY_PATH,
+    TOKEN_HEADER,
+    RecentAnswer,
+    build_recent_query,
+    parse_recent_answer,
+)
 from airflow_provider_clarify.utils.reports import (
     build_report_request,
     detect_file_kind,
@@ -213,6 +223,27 @@ def report_file_name(url: str, index: int) -> str:
     return name if name.strip(".") else f"report-part-{index}"
 
 
+def _http_date(value: str | None) -> datetime | None:
+    """An HTTP ``Date`` header as an aware UTC datetime, or ``None`` when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return moment.astimezone(UTC) if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """A successful (2xx) API answer, read completely."""
+
+    status: int
+    headers: Mapping[str, str]
+    content: bytes
+    url: str
+
+
 def _parse_time(value: Any) -> datetime | None:
     if not isinstance(value, str):
         return None
@@ -329,7 +360,7 @@ class ReportFile:
 
 
 class ClarityHook(BaseHook):
-    """Synchronous client of the Clarity Data API v2 (reports).
+    """Synchronous client of the Clarity Data API v2 (reports and recent measurements).
 
     :param clarity_conn_id: the ``clarity`` connection.
     :param retry_attempts: tries per HTTP call for connection errors, time-outs and 5xx (1 = no retry).
@@ -352,6 +383,8 @@ class ClarityHook(BaseHook):
         self.clarity_conn_id = clarity_conn_id
         self.retry_attempts = retry_attempts
         self.retry_backoff = retry_backoff
+        #: Server clock minus local clock, from the ``Date`` of the latest answer (see :meth:`server_time`).
+        self._server_offset = timedelta(0)
 
     # -- connection form (Airflow 3.1; 3.2+ reads the same form from the provider info) --------------------
     @classmethod
@@ -415,6 +448,41 @@ class ClarityHook(BaseHook):
             what=what,
         )
 
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        body: Any = None,
+        attempts: int | None = None,
+        quota: bool = False,
+        headers: Mapping[str, str] | None = None,
+    ) -> _Answer:
+        """Send one API call (retried when transient); return the 2xx answer, else raise ``api_error``."""
+        settings = self.settings
+        url = join_url(settings.base_url, path)
+
+        def once() -> _Answer:
+            response = self._api_session.request(
+                method,
+                url,
+                params=params,
+                json=body,
+                headers={**(headers or {}), "x-api-key": settings.api_key},
+                timeout=settings.timeout,
+                allow_redirects=False,
+            )
+            with response:
+                self._note_server_time(response.headers.get("Date"))
+                if response.status_code >= 300:
+                    org = (body or {}).get("org") if isinstance(body, dict) else None
+                    raise api_error(response.status_code, response.content, url, org=org, quota=quota)
+                return _Answer(response.status_code, response.headers, response.content, url)
+
+        answer: _Answer = self._retrying(f"Clarity {method} {path}", attempts)(once)
+        return answer
+
     def _call(
         self,
         method: str,
@@ -424,32 +492,28 @@ class ClarityHook(BaseHook):
         body: Any = None,
         attempts: int | None = None,
     ) -> Any:
-        settings = self.settings
-        url = join_url(settings.base_url, path)
-        quota = method == "POST"
+        # A 429 on a POST here (report requests) is the daily report quota.
+        answer = self._request(
+            method, path, params=params, body=body, attempts=attempts, quota=method == "POST"
+        )
+        try:
+            return json.loads(answer.content)
+        except ValueError:
+            raise ClarityAPIError(
+                status=answer.status, message="the response is not JSON", url=answer.url
+            ) from None
 
-        def once() -> Any:
-            response = self._api_session.request(
-                method,
-                url,
-                params=params,
-                json=body,
-                headers={"x-api-key": settings.api_key},
-                timeout=settings.timeout,
-                allow_redirects=False,
-            )
-            with response:
-                if response.status_code >= 300:
-                    org = (body or {}).get("org") if isinstance(body, dict) else None
-                    raise api_error(response.status_code, response.content, url, org=org, quota=quota)
-                try:
-                    return response.json()
-                except ValueError:
-                    raise ClarityAPIError(
-                        status=response.status_code, message="the response is not JSON", url=url
-                    ) from None
+    def _note_server_time(self, date: str | None) -> None:
+        moment = _http_date(date)
+        if moment is not None:
+            self._server_offset = moment - datetime.now(UTC)
 
-        return self._retrying(f"Clarity {method} {path}", attempts)(once)
+    def server_time(self) -> datetime:
+        """The Clarity server's current time, estimated from the ``Date`` header of its latest answer to
+        this hook (to the second); the local clock until there was one. Cache windows and token lifetimes
+        are the server's, so decisions about them use its clock, not the worker's.
+        """
+        return datetime.now(UTC) + self._server_offset
 
     # -- reports ------------------------------------------------------------------------------------------
     def submit_report_request(self, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -704,6 +768,110 @@ class ClarityHook(BaseHook):
                 raise
             written.append(target)
         return written
+
+    # -- recent measurements (no report quota) ------------------------------------------------------------
+    def query_recent_measurements(
+        self,
+        *,
+        datasource_ids: list[str] | None = None,
+        all_datasources: bool = False,
+        output_frequency: str = "minute",
+        response_format: str = "json-long",
+        start_time: datetime | str | None = None,
+        metric_select: str | None = None,
+        qc_assessment: bool = False,
+        qc_flags: bool = False,
+        continuation: bool = True,
+        org: str | None = None,
+    ) -> RecentAnswer:
+        """Read recent measurements of datasources from Clarity's cache (no report quota is spent).
+
+        ``POST /v2/recent-datasource-measurements-query``. The cache reaches 24 h back for minute data, 48 h
+        for hourly and 10 days for daily data; there is no end time. With ``continuation`` the answer
+        carries a token (:attr:`RecentAnswer.token`, registered with the secrets masker) for
+        :meth:`continue_recent_measurements`. Sent with ``Accept-Encoding: gzip``; retried like every call.
+
+        :param datasource_ids: the datasources (unless ``all_datasources``).
+        :param all_datasources: every datasource of the org.
+        :param output_frequency: ``minute``, ``hour`` or ``day``.
+        :param response_format: ``json-long`` (entries in :attr:`RecentAnswer.rows`) or ``csv-wide`` (the
+            report layout, in :attr:`RecentAnswer.csv`).
+        :param start_time: the earliest measurement time wanted; ``None`` for all the cache holds.
+        :param metric_select: Clarity's metric filter.
+        :param qc_assessment: add each value's ``qcAssessment``.
+        :param qc_flags: add each value's ``qcFlags``.
+        :param continuation: ask for a continuation token.
+        :param org: the organization; default: the connection's.
+        :raises ValueError: on bad input, before any request.
+        :raises ClarityAPIError: when Clarity refuses the query or its answer is malformed.
+        """
+        body = build_recent_query(
+            org=self._org(org),
+            datasource_ids=datasource_ids,
+            all_datasources=all_datasources,
+            output_frequency=output_frequency,
+            response_format=response_format,
+            start_time=start_time,
+            metric_select=metric_select,
+            qc_assessment=qc_assessment,
+            qc_flags=qc_flags,
+            continuation=continuation,
+        )
+        what = "all datasources" if all_datasources else f"{len(body['datasourceIds'])} datasource(s)"
+        self.log.info(
+            "Querying Clarity recent measurements: %s, %s, %s, from %s",
+            what,
+            output_frequency,
+            response_format,
+            body.get("startTime", "the start of the cache"),
+        )
+        return self._recent(QUERY_PATH, body)
+
+    def continue_recent_measurements(self, token: str, *, org: str | None = None) -> RecentAnswer:
+        """Read what became available since the answer that issued ``token``.
+
+        ``POST /v2/recent-datasource-measurements-continuation``. The answer has the query's format and a
+        new token; a token is valid 24 h after it was issued. Whether an already used token keeps working
+        is unconfirmed: use the newest one. An invalid, used or expired token raises
+        :class:`ClarityAPIError` (HTTP 4xx); start again with :meth:`query_recent_measurements`.
+
+        :param token: the token of the previous answer (registered with the secrets masker).
+        :param org: the organization; default: the connection's.
+        :raises ValueError: when ``token`` is empty, before any request.
+        """
+        if not isinstance(token, str) or not token.strip():
+            raise ValueError("token: expected the continuation token of an earlier answer")
+        mask_secret(token.strip())
+        self.log.info("Continuing Clarity recent measurements")
+        return self._recent(CONTINUATION_PATH, {"org": self._org(org), "continuationToken": token.strip()})
+
+    def _recent(self, path: str, body: dict[str, Any]) -> RecentAnswer:
+        # No quota here: a 429 is a rate limit, retried with Retry-After.
+        answer = self._request("POST", path, body=body, headers={"Accept": "application/json, text/csv"})
+        token = answer.headers.get(TOKEN_HEADER)
+        if token:
+            mask_secret(token)
+        try:
+            recent = parse_recent_answer(
+                answer.content,
+                content_type=answer.headers.get("Content-Type"),
+                token=token,
+                server_time=_http_date(answer.headers.get("Date")),
+            )
+        except ValueError as exc:
+            raise ClarityAPIError(status=answer.status, message=str(exc), url=answer.url) from None
+        size = (
+            f"{len(recent.rows)} entries"
+            if recent.response_format == "json-long"
+            else f"{len(recent.csv)} bytes"
+        )
+        self.log.info(
+            "Clarity answered %s (%s)%s",
+            recent.response_format,
+            size,
+            "" if recent.token else " without a continuation token",
+        )
+        return recent
 
     def test_connection(self) -> tuple[bool, str]:
         """Check the connection with one cheap read (``GET /v2/datasources?org=``); never raises."""

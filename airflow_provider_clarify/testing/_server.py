@@ -196,6 +196,7 @@ class SandboxServer:
         asyncio.set_event_loop(loop)
         try:
             app = web.Application(middlewares=[self._middleware], client_max_size=self.client_max_size)
+            app.on_response_prepare.append(self._record_status)
             self.setup_routes(app)
             runner = web.AppRunner(app, access_log=None, handle_signals=False)
             loop.run_until_complete(runner.setup())
@@ -254,6 +255,14 @@ class SandboxServer:
         return (r for r in self.requests if r.path.startswith(path_prefix))
 
     # -- middleware -------------------------------------------------------------------
+    @staticmethod
+    async def _record_status(request: web.Request, response: web.StreamResponse) -> None:
+        # Runs when the headers go out, before any body: a client that has read a streamed body to its end
+        # always finds the status recorded (the middleware would only set it after the handler returned).
+        record = request.get(RECORD)
+        if record is not None:
+            record.status = response.status
+
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         record = RecordedRequest(

@@ -15,6 +15,22 @@ instances on 127.0.0.1, written from ``reference/clarity-api.md``:
 Report files come from :mod:`airflow_provider_clarify.testing.reports`: generated once, in a
 worker thread, when a report first turns ``succeeded``, into a temporary folder that
 :meth:`ClaritySandbox.stop` deletes.
+
+Recent measurements come from the same generator, so a value is the same whether it is read from a
+report or from the recent API. They "arrive" on the sandbox's recent clock: a reading taken at ``t`` (an
+hour or day period: at its end) becomes visible at ``t + recent_ingest_lag``. Rules where the reference
+is silent (unconfirmed upstream; chosen to be strict, so clients that pass here are safe):
+
+* a query serves visible rows with time (period start) ``>= startTime``, never older than the cache window
+  (minute 24 h, hour 48 h, day 10 days before the clock); an older ``startTime`` is trimmed silently;
+* ``format`` defaults to ``json-long``; ``json-long`` entries are time-descending, one per datasource,
+  time and measured metric, ``time`` being the period start for hour and day data; ``csv-wide`` has the
+  report file layout;
+* a continuation serves the rows that became visible since the call that issued its token (within the
+  query's ``startTime`` and the cache window) and issues a new token;
+* **each token works once**: a used, unknown or expired token (24 h after issue, or after
+  :meth:`ClaritySandbox.expire_continuation_tokens`) is answered with HTTP 400 and a message saying which;
+* recent answers carry the recent clock in their ``Date`` header.
 """
 
 from __future__ import annotations
@@ -32,8 +48,9 @@ import tempfile
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
@@ -41,7 +58,7 @@ from xml.sax.saxutils import escape
 
 from aiohttp import web
 
-from airflow_provider_clarify.testing._server import RECORD, TRUNCATE, SandboxServer
+from airflow_provider_clarify.testing._server import RECORD, TRUNCATE, RecordedRequest, SandboxServer
 from airflow_provider_clarify.testing.reports import (
     CLARITY_NODE,
     FILE_FORMATS,
@@ -52,9 +69,15 @@ from airflow_provider_clarify.testing.reports import (
     Datasource,
     MetricSelectError,
     ReportSpec,
+    column_labels,
+    csv_header,
+    csv_rows,
     default_fleet,
+    iter_report_batches,
+    metric_attributes,
     parse_metric_select,
     read_report_table,
+    to_text,
     write_report_files,
 )
 
@@ -295,6 +318,252 @@ def parse_report_request(
     return spec, query
 
 
+# -- recent measurements -----------------------------------------------------------------------------
+RECENT_QUERY_PATH = "/v2/recent-datasource-measurements-query"
+RECENT_CONTINUATION_PATH = "/v2/recent-datasource-measurements-continuation"
+#: Response header with the next continuation token.
+CONTINUATION_HEADER = "x-clarity-continuation-token"
+#: How far back the recent-measurements cache reaches, per output frequency.
+RECENT_CACHE_WINDOWS = {"minute": timedelta(hours=24), "hour": timedelta(hours=48), "day": timedelta(days=10)}
+RECENT_FORMATS = ("json-long", "csv-wide")
+_PERIODS = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
+_ONE_MS = timedelta(milliseconds=1)
+_RECENT_BOOLEANS = ("qcAssessment", "qcFlags", "allDatasources", "replyWithContinuationToken")
+_RECENT_FIELDS = frozenset(
+    {
+        "org",
+        "datasourceIds",
+        "allDatasources",
+        "outputFrequency",
+        "format",
+        "startTime",
+        "metricSelect",
+        "qcAssessment",
+        "qcFlags",
+        "replyWithContinuationToken",
+        "locationRounding",  # accepted and ignored
+    }
+)
+
+
+@dataclass(frozen=True)
+class RecentQuery:
+    """A validated ``POST /v2/recent-datasource-measurements-query``.
+
+    :param org: the organization.
+    :param sources: the datasources asked for.
+    :param output_frequency: ``minute``, ``hour`` or ``day``.
+    :param response_format: ``json-long`` or ``csv-wide``.
+    :param start: the earliest time asked for, or ``None`` (the whole cache).
+    :param metric_select: the ``metricSelect`` expression, or ``None``.
+    :param qc_assessment: add ``qcAssessment``.
+    :param qc_flags: add ``qcFlags``.
+    :param continuation: whether a continuation token was asked for.
+    :param echo: the ``request`` echo of ``json-long`` answers.
+    """
+
+    org: str
+    sources: tuple[Datasource, ...]
+    output_frequency: str
+    response_format: str
+    start: datetime | None
+    metric_select: str | None
+    qc_assessment: bool
+    qc_flags: bool
+    continuation: bool
+    echo: dict[str, Any] = field(hash=False, compare=False)
+
+
+def parse_recent_query(body: Mapping[str, Any], *, org: str, fleet: Sequence[Datasource]) -> RecentQuery:
+    """Validate a recent-measurements query body the way the sandbox API does.
+
+    :param body: the decoded JSON body (``org`` already checked by the caller).
+    :param org: the organization.
+    :param fleet: that organization's datasources.
+    :raises ReportRequestError: listing every problem found (HTTP 400).
+    """
+    errors: list[str] = []
+    for name in ("nodeIds", "refSiteIds"):
+        if name in body:
+            errors.append(f"{name}: recent measurements are served for datasources only (use a report)")
+    if "endTime" in body:
+        errors.append("endTime is not accepted: recent measurements have no end time")
+    unknown = sorted(set(body) - _RECENT_FIELDS - {"nodeIds", "refSiteIds", "endTime"})
+    if unknown:
+        errors.append(f"unknown field(s): {', '.join(unknown)}")
+    frequency = _choice(body, "outputFrequency", OUTPUT_FREQUENCIES, "minute", errors)
+    # The default format is unconfirmed upstream; json-long is the one the docs show first.
+    response_format = _choice(body, "format", RECENT_FORMATS, "json-long", errors)
+    start = _parse_time(body, "startTime", errors) if "startTime" in body else None
+    metric_select = body.get("metricSelect")
+    if metric_select is not None:
+        if not isinstance(metric_select, str):
+            errors.append(f"metricSelect must be a string, got {metric_select!r}")
+        else:
+            try:
+                parse_metric_select(metric_select)
+            except MetricSelectError as exc:
+                errors.append(str(exc))
+    for name in _RECENT_BOOLEANS:
+        if name in body and not isinstance(body[name], bool):
+            errors.append(f"{name} must be a boolean, got {body[name]!r}")
+    wanted = {k: v for k, v in body.items() if k not in ("nodeIds", "refSiteIds")}
+    sources = _sources(wanted, "datasource-measurements", org, fleet, errors)
+    if errors:
+        raise ReportRequestError(errors)
+    echo: dict[str, Any] = {"org": org}
+    if body.get("allDatasources") is True:
+        echo["allDatasources"] = True
+    else:
+        echo["datasourceIds"] = [d.datasource_id for d in sources]
+    echo.update(outputFrequency=frequency, format=response_format)
+    if start is not None:
+        echo["startTime"] = iso_ms(start)
+    if metric_select is not None:
+        echo["metricSelect"] = metric_select
+    echo.update(
+        qcAssessment=body.get("qcAssessment", False),
+        qcFlags=body.get("qcFlags", False),
+        replyWithContinuationToken=body.get("replyWithContinuationToken", False),
+    )
+    return RecentQuery(
+        org=org,
+        sources=tuple(sources),
+        output_frequency=frequency,
+        response_format=response_format,
+        start=start,
+        metric_select=metric_select,
+        qc_assessment=echo["qcAssessment"],
+        qc_flags=echo["qcFlags"],
+        continuation=echo["replyWithContinuationToken"],
+        echo=echo,
+    )
+
+
+def recent_spec(
+    query: RecentQuery, *, now: datetime, ready_from: datetime | None, ready_until: datetime
+) -> ReportSpec | None:
+    """The rows an answer holds, as a report spec for the generator (``None`` when there are none).
+
+    A row is *ready* at its time (minute) or at the end of its period (hour, day). The answer holds the
+    rows ready in ``[ready_from, ready_until)`` whose time (period start) is within the query's
+    ``startTime`` and the cache window at ``now``.
+
+    :param query: the query (or the query that started a continuation chain).
+    :param now: the recent clock.
+    :param ready_from: rows ready before this were served by an earlier call; ``None`` for a query.
+    :param ready_until: rows ready from this time on are not visible yet.
+    """
+    oldest = now - RECENT_CACHE_WINDOWS[query.output_frequency]
+    if query.start is not None:
+        oldest = max(oldest, query.start)
+    period = _PERIODS.get(query.output_frequency)
+    if period is None:  # minute readings: ready at their time, [start, end) in the generator
+        start = oldest if ready_from is None else max(oldest, ready_from)
+        end = ready_until
+    else:  # periods with start >= `start` and start + period <= `end` in the generator
+        start = oldest if ready_from is None else max(oldest, ready_from - period)
+        end = ready_until - _ONE_MS
+    if start >= end or not query.sources:
+        return None
+    return ReportSpec(
+        report="datasource-measurements",
+        output_frequency=query.output_frequency,
+        start=start,
+        end=end,
+        sources=query.sources,
+        metric_select=query.metric_select,
+        qc_assessment=query.qc_assessment,
+        qc_flags=query.qc_flags,
+    )
+
+
+def _label_spec(query: RecentQuery) -> ReportSpec:
+    """A spec with the query's columns (for the header of an answer without rows)."""
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    return ReportSpec(
+        report="datasource-measurements",
+        output_frequency=query.output_frequency,
+        start=epoch,
+        end=epoch + _ONE_MS,
+        sources=query.sources,
+        metric_select=query.metric_select,
+        qc_assessment=query.qc_assessment,
+        qc_flags=query.qc_flags,
+    )
+
+
+def json_long_entries(spec: ReportSpec) -> list[dict[str, Any]]:
+    """The spec's rows as ``json-long`` entries, time-descending: one per datasource, time and metric
+    with a reading (``raw`` present; ``value`` may be null, as when calibration is missing).
+
+    :param spec: the rows (a datasource spec from :func:`recent_spec`).
+    """
+    attributes = metric_attributes(spec.qc_assessment, spec.qc_flags)
+    time_column = "time" if spec.output_frequency == "minute" else "startOfPeriod"
+    entries: list[dict[str, Any]] = []
+    for batch in iter_report_batches(spec):
+        ids = batch.column(0).to_pylist()
+        times = to_text(batch.select([time_column])).column(0).to_pylist()
+        for metric in spec.metrics:
+            cells = {a: batch.column(f"{metric}.{a}").to_pylist() for a in attributes}
+            for row, raw in enumerate(cells["raw"]):
+                if raw is None:
+                    continue
+                entry = {
+                    "datasourceId": ids[row],
+                    "time": times[row],
+                    "metric": metric,
+                    "raw": raw,
+                    "value": cells["value"][row],
+                    "status": cells["status"][row],
+                }
+                if spec.qc_assessment:
+                    entry["qcAssessment"] = cells["qcAssessment"][row]
+                if spec.qc_flags:  # a real JSON array here (a JSON text inside CSV cells)
+                    entry["qcFlags"] = json.loads(cells["qcFlags"][row] or "[]")
+                entries.append(entry)
+    entries.sort(key=lambda e: str(e["time"]), reverse=True)
+    return entries
+
+
+def recent_body(query: RecentQuery, spec: ReportSpec | None) -> tuple[bytes, str, int]:
+    """The body of a recent answer: ``(bytes, content type, rows)``.
+
+    :param query: the query (its format, echo and columns).
+    :param spec: the rows, or ``None`` for none.
+    """
+    if query.response_format == "csv-wide":
+        parts = [csv_header(column_labels(spec or _label_spec(query)))]
+        rows = 0
+        if spec is not None:
+            for batch in iter_report_batches(spec):
+                parts.append(csv_rows(batch).to_pybytes())
+                rows += batch.num_rows
+        return b"".join(parts), "text/csv", rows
+    entries = json_long_entries(spec) if spec is not None else []
+    document: dict[str, Any] = {"request": query.echo, "data": entries}
+    if entries:  # "locations" is absent when there is no new data
+        present = {e["datasourceId"] for e in entries}
+        document["locations"] = [
+            {"datasourceId": d.datasource_id, "lat": d.latitude, "lon": d.longitude}
+            for d in query.sources
+            if d.datasource_id in present
+        ]
+    return json.dumps(document).encode(), "application/json", len(entries)
+
+
+@dataclass
+class _Token:
+    """A continuation token's server-side state."""
+
+    query: RecentQuery
+    ready_until: datetime  # rows ready before this were served
+    issued_at: datetime
+    used: bool = False
+    revoked: bool = False  # expire_continuation_tokens()
+
+
 @dataclass(frozen=True)
 class StoredFile:
     """One file of a report, as the object store serves it.
@@ -360,6 +629,8 @@ class ClarityApiServer(SandboxServer):
         app.router.add_post("/v2/report-requests", self._post_report)
         app.router.add_get("/v2/report-request/{report_id}", self._get_report)  # documented (singular)
         app.router.add_get("/v2/report-requests/{report_id}", self._get_report)  # used by clients too
+        app.router.add_post(RECENT_QUERY_PATH, self._recent_query)
+        app.router.add_post(RECENT_CONTINUATION_PATH, self._recent_continuation)
 
     def _authorised(self, request: web.Request) -> bool:
         return hmac.compare_digest(
@@ -418,6 +689,83 @@ class ClarityApiServer(SandboxServer):
             except Exception as exc:
                 return _error(500, f"report generation failed: {type(exc).__name__}")
         return web.json_response(self._sandbox._record(report, status, message, files))
+
+    # -- recent measurements ----------------------------------------------------------------
+    async def _recent_body(
+        self, request: web.Request, headers: dict[str, str]
+    ) -> tuple[dict[str, Any] | None, web.Response | None]:
+        """The checked JSON body and org of a recent call, or the error answer."""
+        if not self._authorised(request):
+            headers["access-control-allow-origin"] = "*"
+            return None, _error(401, "Unauthorized user", headers=headers)
+        try:
+            body = json.loads(await request.read())
+        except ValueError:
+            return None, _error(400, "request body must be valid JSON", headers=headers)
+        if not isinstance(body, dict):
+            return None, _error(400, "request body must be a JSON object", headers=headers)
+        org = body.get("org")
+        if org is None or org == "":
+            return None, _error(400, "org is required", headers=headers)
+        if not isinstance(org, str):
+            return None, _error(400, f"org must be a string, got {org!r}", headers=headers)
+        if org not in self._sandbox.orgs:
+            return None, _error(403, f"Forbidden: this API key has no access to org {org}", headers=headers)
+        return body, None
+
+    async def _recent_query(self, request: web.Request) -> web.StreamResponse:
+        now = self._sandbox._recent_clock()
+        request[RECORD].info["recent"] = "query"
+        headers = {"Date": format_datetime(now, usegmt=True)}
+        body, problem = await self._recent_body(request, headers)
+        if body is None:
+            assert problem is not None
+            return problem
+        try:
+            query = parse_recent_query(body, org=body["org"], fleet=self._sandbox.fleet(body["org"]))
+        except ReportRequestError as exc:
+            return _error(400, *exc.messages, headers=headers)
+        ready_until = now - self._sandbox.recent_ingest_lag
+        spec = recent_spec(query, now=now, ready_from=None, ready_until=ready_until)
+        if query.continuation:
+            headers[CONTINUATION_HEADER] = self._sandbox._issue_token(query, ready_until, now)
+        return await self._recent_answer(request, query, spec, headers)
+
+    async def _recent_continuation(self, request: web.Request) -> web.StreamResponse:
+        now = self._sandbox._recent_clock()
+        request[RECORD].info["recent"] = "continuation"
+        headers = {"Date": format_datetime(now, usegmt=True)}
+        body, problem = await self._recent_body(request, headers)
+        if body is None:
+            assert problem is not None
+            return problem
+        unknown = sorted(set(body) - {"org", "continuationToken"})
+        token = body.get("continuationToken")
+        if unknown:
+            return _error(400, f"unknown field(s): {', '.join(unknown)}", headers=headers)
+        if not isinstance(token, str) or not token:
+            return _error(400, "continuationToken is required", headers=headers)
+        state, refusal = self._sandbox._use_token(token, body["org"], now)
+        if state is None:
+            request[RECORD].info["refused"] = refusal
+            return _error(400, refusal, headers=headers)
+        ready_until = max(state.ready_until, now - self._sandbox.recent_ingest_lag)
+        spec = recent_spec(state.query, now=now, ready_from=state.ready_until, ready_until=ready_until)
+        headers[CONTINUATION_HEADER] = self._sandbox._issue_token(state.query, ready_until, now)
+        return await self._recent_answer(request, state.query, spec, headers)
+
+    async def _recent_answer(
+        self, request: web.Request, query: RecentQuery, spec: ReportSpec | None, headers: dict[str, str]
+    ) -> web.StreamResponse:
+        loop = asyncio.get_running_loop()
+        content, content_type, rows = await loop.run_in_executor(None, recent_body, query, spec)
+        request[RECORD].info["rows"] = rows
+        response = web.Response(body=content, content_type=content_type, headers=headers)
+        # The docs strongly recommend Accept-Encoding: gzip for measurement queries.
+        if "gzip" in request.headers.get("Accept-Encoding", "").lower():
+            request[RECORD].info["gzip"] = True
+            response.enable_compression(web.ContentCoding.gzip)
+        return response
 
 
 class ClarityStoreServer(SandboxServer):
@@ -519,11 +867,16 @@ def _http_date(timestamp: float) -> str:
 
 
 class ClaritySandbox:
-    """Local Clarity API + object store for report tests (see the module docstring).
+    """Local Clarity API + object store for report and recent-measurements tests (see the module
+    docstring).
 
     Use as a context manager, or call :meth:`start` and :meth:`stop`. Settings are plain
     attributes and may be changed while running; a report keeps the ``report_delay`` and
-    ``files_per_report`` in force when it was requested.
+    ``files_per_report`` in force when it was requested. Recent measurements follow
+    :attr:`recent_now` (set it, or move it with :meth:`advance_recent_clock`, to make readings
+    arrive); :meth:`expire_continuation_tokens`, :attr:`continuation_tokens` and
+    :meth:`recent_calls` are the switches and counters of the token flow. Recent calls never use
+    the report quota.
 
     :param api_key: the only accepted ``x-api-key``.
     :param org: the default organization (the key may use it).
@@ -536,6 +889,9 @@ class ClaritySandbox:
     :param gzip_content_encoding: serve ``.csv.gz`` with ``Content-Encoding: gzip`` (as S3 does here).
     :param post_status: HTTP status of a successful POST (unconfirmed upstream; any 2xx).
     :param datasources: the default org's fleet; a generated one (:func:`default_fleet`) when ``None``.
+    :param recent_ingest_lag: how long after its time (an hour or day period: after its end) a reading
+        becomes visible to the recent-measurements API.
+    :param continuation_token_ttl: how long a continuation token is valid after it was issued.
     """
 
     def __init__(
@@ -551,6 +907,8 @@ class ClaritySandbox:
         gzip_content_encoding: bool = True,
         post_status: int = 202,
         datasources: Sequence[Datasource] | None = None,
+        recent_ingest_lag: timedelta = timedelta(minutes=2),
+        continuation_token_ttl: timedelta = timedelta(hours=24),
     ) -> None:
         if not 200 <= post_status < 300:
             raise ValueError(f"post_status must be a 2xx status, got {post_status}")
@@ -566,6 +924,14 @@ class ClaritySandbox:
         self.files_per_report = files_per_report
         self.gzip_content_encoding = gzip_content_encoding
         self.post_status = post_status
+        if recent_ingest_lag < timedelta(0):
+            raise ValueError(f"recent_ingest_lag must be >= 0, got {recent_ingest_lag}")
+        if continuation_token_ttl <= timedelta(0):
+            raise ValueError(f"continuation_token_ttl must be > 0, got {continuation_token_ttl}")
+        self.recent_ingest_lag = recent_ingest_lag
+        self.continuation_token_ttl = continuation_token_ttl
+        self._recent_now: datetime | None = None
+        self._tokens: dict[str, _Token] = {}
         self._fleets = {o: default_fleet(o) for o in other_orgs if o != org}
         self._fleets[org] = tuple(datasources) if datasources is not None else default_fleet(org)
         self.api = ClarityApiServer(self)
@@ -612,7 +978,8 @@ class ClaritySandbox:
         self.stop()
 
     def reset(self) -> None:
-        """Forget reports, quota use, armed outcomes, faults and recorded requests; keep running."""
+        """Forget reports, quota use, armed outcomes, continuation tokens, the recent clock, faults and
+        recorded requests; keep running."""
         with self._lock:
             self._cancel.set()
             for report in self._reports.values():
@@ -620,6 +987,8 @@ class ClaritySandbox:
                     report.generation.exception()  # wait; a cancelled generation raises, which is fine
             self._reports.clear()
             self._armed.clear()
+            self._tokens.clear()
+            self._recent_now = None
             self._cancel = threading.Event()
             if self._directory is not None:
                 shutil.rmtree(self._directory, ignore_errors=True)
@@ -716,6 +1085,87 @@ class ClaritySandbox:
         with self._lock:
             self._retired_keys.append(self._signing_key)
             self._signing_key = secrets.token_bytes(32)
+
+    # -- recent measurements: clock and tokens --------------------------------------------
+    @property
+    def recent_now(self) -> datetime:
+        """The clock of the recent-measurements API (UTC, whole milliseconds).
+
+        Real time until set; once set it stands still until set again or moved with
+        :meth:`advance_recent_clock`, so tests decide when measurements arrive. Setting ``None`` returns
+        to real time. Reports keep real time.
+        """
+        return self._recent_clock()
+
+    @recent_now.setter
+    def recent_now(self, value: datetime | None) -> None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError(f"recent_now must be timezone-aware, got {value.isoformat()}")
+        with self._lock:
+            self._recent_now = None if value is None else _whole_ms(value.astimezone(UTC))
+
+    def advance_recent_clock(self, delta: timedelta) -> datetime:
+        """Move the recent clock forward (from real time when it was not set); returns the new time.
+
+        :param delta: how far.
+        """
+        with self._lock:
+            self._recent_now = _whole_ms(self._recent_clock() + delta)
+            return self._recent_now
+
+    def expire_continuation_tokens(self) -> None:
+        """Every continuation token issued so far expires now (HTTP 400 when used)."""
+        with self._lock:
+            for state in self._tokens.values():
+                state.revoked = True
+
+    @property
+    def continuation_tokens(self) -> list[str]:
+        """Every continuation token issued so far, oldest first (to check that none leaks)."""
+        with self._lock:
+            return list(self._tokens)
+
+    def recent_calls(self, kind: str | None = None) -> list[RecordedRequest]:
+        """Recorded recent-measurements requests: ``kind`` ``"query"``, ``"continuation"`` or ``None``.
+
+        :param kind: which endpoint; ``None`` for both.
+        """
+        paths = {"query": (RECENT_QUERY_PATH,), "continuation": (RECENT_CONTINUATION_PATH,)}.get(
+            kind or "", (RECENT_QUERY_PATH, RECENT_CONTINUATION_PATH)
+        )
+        return [r for r in self.api.requests if r.path in paths]
+
+    def _recent_clock(self) -> datetime:
+        with self._lock:
+            if self._recent_now is not None:
+                return self._recent_now
+        return _whole_ms(datetime.now(UTC))
+
+    def _issue_token(self, query: RecentQuery, ready_until: datetime, now: datetime) -> str:
+        token = secrets.token_urlsafe(32)
+        with self._lock:
+            self._tokens[token] = _Token(query=query, ready_until=ready_until, issued_at=now)
+        return token
+
+    def _use_token(self, token: str, org: str, now: datetime) -> tuple[_Token | None, str]:
+        """Consume a token: ``(state, "")``, or ``(None, why it is refused)``. Never echoes the token."""
+        with self._lock:
+            state = self._tokens.get(token)
+            if state is None or state.query.org != org:
+                return None, f"continuationToken is not valid for org {org}"
+            if state.used:
+                return (
+                    None,
+                    "continuationToken was already used; continue with the token of the latest answer",
+                )
+            if state.revoked or now >= state.issued_at + self.continuation_token_ttl:
+                hours = self.continuation_token_ttl / timedelta(hours=1)
+                return None, (
+                    f"continuationToken has expired (issued {iso_ms(state.issued_at)}, valid {hours:g} h); "
+                    "start again with a query"
+                )
+            state.used = True
+            return state, ""
 
     # -- inspection ---------------------------------------------------------------------
     @property
@@ -907,6 +1357,10 @@ class ClaritySandbox:
                 ServerTime=iso_ms(datetime.now(UTC)),
             )
         return None
+
+
+def _whole_ms(moment: datetime) -> datetime:
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
 def _signature(key: bytes, path: str, amz_date: str, expires: str) -> str:

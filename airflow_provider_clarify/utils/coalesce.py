@@ -1,37 +1,44 @@
-"""Coalesce many small frames into frames that fill insert requests (pure logic: no Airflow, no HTTP).
+"""Coalesce many small frames into frames that fill insert requests (no Airflow, no HTTP).
 
 The report parser yields one frame per source per Arrow batch: about 11,000 rows for each of 6 sources
 interleaved in a minute report, far below one 4 MiB request -- and Clarify allows about one request per
 second, so small requests waste the rate. :func:`coalesce_frames` buffers frames and releases merged frames
-that make full requests, while the buffered data stays below a cap, whatever the size of the report.
+that make full requests, with a bounded amount of memory, whatever the size of the report.
 
 Rules:
 
 * **Buffers.** Frames that share an input key share a buffer (same keys = same source), so the values of
   one key leave in input order and a time repeated later still wins, as it would in Clarify.
 * **Size estimate.** rows × (:data:`TIME_BYTES` + :data:`VALUE_BYTES` × series) bytes of JSON: a quoted
-  time with milliseconds and its comma take 27 bytes, a value typically 5 to 8. Cheap, and a little high.
+  time with milliseconds and its comma take 27 bytes; a value with its comma 5 to 8 (``12.41,``, ``null,``,
+  ``1013.25,``). Cheap, and close for report data (decimals with few digits).
 * **Release.** A buffer whose estimate reaches ``target_requests × max_request_bytes`` is merged
   (:func:`~.frames.merge_frames`) and packed exactly as the hook will pack it
-  (:func:`~.payload.insert_requests`). Per series group, the values of the last, partly filled request
-  (all of a group that fits in one request) stay in the buffer, to be completed by later rows; the rest is
-  released and makes full requests. (When no group fills more than one request, all is released.)
-  Packing twice costs CPU time that the hook's rate-limit pacing hides: the next body is prepared while
-  the hook waits for its slot.
+  (:func:`~.payload.insert_requests`). Per series group, the values of a last request that is less than
+  :data:`FULL_REQUEST` full stay in the buffer, to be completed by later rows; the rest is packed again to
+  check it (a different set of rows can group differently) and released, so it makes full requests. When
+  nothing fills a request yet, the buffer waits until it has grown by a quarter request. Releases are
+  kept small (a little more than one request by default), as packing takes several times a frame's size
+  in memory. Packing more than once costs CPU time that the hook's pacing hides: the next body is
+  prepared while it waits for its slot.
 * **Shared time axes.** A released buffer takes along, up to the target size, the buffers whose time axes
   are identical to its own (hour and day reports: every source has the same periods), so their series
   share requests instead of each source sending a small one. Axes are compared by a running hash.
-* **Memory cap.** When the estimate of everything buffered exceeds ``max_buffered_bytes``, the largest
-  buffer is released by the same rule. So a minute report of many sources (each with its own irregular
-  times, which cannot share requests) makes requests of about ``max_buffered_bytes / sources``: memory
-  wins over the number of requests.
+* **Memory cap.** When the frames held in memory exceed ``max_buffered_bytes`` (estimated), those of the
+  buffer holding most are parked in a temporary file (raw float64, read back when the buffer is released).
+  So even a minute report of hundreds of sources -- each with its own reading times, which cannot share a
+  request -- makes full requests, while memory stays at about the cap plus one release. The file grows
+  by 8 bytes per value and time parked (about the report's decoded size, more when held-back values are
+  parked again) and is deleted at the end.
 * **End.** Whatever is left is released, buffers with identical axes together.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING, Any
+import tempfile
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -42,13 +49,19 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
 
 #: Estimated JSON bytes per time (a quoted RFC 3339 time with milliseconds and its comma is 27).
-TIME_BYTES = 30
+TIME_BYTES = 27
 #: Estimated JSON bytes per value and its comma (``12.41,`` is 6, ``null,`` 5, ``1013.25,`` 8).
-VALUE_BYTES = 8
+VALUE_BYTES = 7
 #: A buffer is released when its estimate reaches this many request budgets.
-TARGET_REQUESTS = 2
-#: Default cap of the estimated size of everything buffered.
-DEFAULT_MAX_BUFFERED_BYTES = 32 * 1024 * 1024
+TARGET_REQUESTS = 1.25
+#: After a release found no full request, the buffer waits until it grew by this many request budgets.
+_RETRY_STEP = 0.25
+#: Default cap of the (estimated) frames held in memory; more is parked on disk.
+DEFAULT_MAX_BUFFERED_BYTES = 4 * 1024 * 1024
+#: A request at least this full (of the byte budget) counts as full.
+FULL_REQUEST = 0.9
+#: How many times a release is packed to find and check its full requests.
+_PACKING_ROUNDS = 3
 # Request sizes depend on the integration id only through its length, which is always 20 characters.
 _SIZING_INTEGRATION = "0" * 20
 
@@ -61,9 +74,9 @@ def estimate_json_bytes(frame: Frame) -> int:
     return len(frame) * (TIME_BYTES + VALUE_BYTES * len(frame.series))
 
 
-def _positive_int(value: Any, param: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{param} must be a positive integer, got {value!r}")
+def _positive(value: Any, param: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"{param} must be a positive number, got {value!r}")
     return value
 
 
@@ -71,8 +84,8 @@ def coalesce_frames(
     frames: Iterable[Frame],
     *,
     max_request_bytes: int = DEFAULT_REQUEST_BYTES,
-    target_requests: int = TARGET_REQUESTS,
-    max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
+    target_requests: float = TARGET_REQUESTS,
+    max_buffered_bytes: float = DEFAULT_MAX_BUFFERED_BYTES,
 ) -> Iterator[Frame]:
     """Lazily re-cut a stream of frames into merged frames that fill requests (see the module docstring).
 
@@ -82,24 +95,68 @@ def coalesce_frames(
     :param frames: validated frames, e.g. from ``ReportParser.iter_frames``; consumed lazily.
     :param max_request_bytes: the hook's byte budget per insert request.
     :param target_requests: release a buffer when its estimate reaches this many budgets.
-    :param max_buffered_bytes: cap of the estimated size of everything buffered.
+    :param max_buffered_bytes: cap of the estimated size of the frames held in memory.
     :raises ValueError: for a bad option (at once, before any frame is read).
     """
     coalescer = _Coalescer(
         max_request_bytes=check_budget(max_request_bytes),
-        target_bytes=_positive_int(target_requests, "target_requests") * max_request_bytes,
-        max_buffered_bytes=_positive_int(max_buffered_bytes, "max_buffered_bytes"),
+        target_bytes=_positive(target_requests, "target_requests") * max_request_bytes,
+        max_buffered_bytes=_positive(max_buffered_bytes, "max_buffered_bytes"),
     )
     return coalescer.run(frames)
 
 
-class _Buffer:
-    """Frames waiting for release, the keys they hold, and a running hash of their time axis."""
+@dataclass(frozen=True)
+class _Parked:
+    """A frame written to the parking file: times, then each series, as raw 8-byte numbers."""
+
+    offset: int
+    rows: int
+    keys: tuple[str, ...]
+    duplicates: int
+
+
+class _Parking:
+    """An append-only temporary file of parked frames (created on first use)."""
 
     def __init__(self) -> None:
-        self.frames: list[Frame] = []
+        self._file: IO[bytes] | None = None
+        self._end = 0
+
+    def park(self, frame: Frame) -> _Parked:
+        if self._file is None:
+            self._file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close(), at the end of the run
+        self._file.seek(self._end)
+        for column in (frame.times, *frame.series.values()):
+            self._file.write(np.ascontiguousarray(column).tobytes())
+        parked = _Parked(self._end, len(frame), tuple(frame.series), frame.duplicates)
+        self._end = self._file.tell()
+        return parked
+
+    def load(self, parked: _Parked) -> Frame:
+        assert self._file is not None
+        self._file.seek(parked.offset)
+        raw = self._file.read(8 * parked.rows * (1 + len(parked.keys)))
+        times = np.frombuffer(raw, dtype=np.int64, count=parked.rows)
+        values = np.frombuffer(raw, dtype=np.float64, offset=8 * parked.rows).reshape(-1, parked.rows)
+        return Frame(
+            times=times, series=dict(zip(parked.keys, values, strict=True)), duplicates=parked.duplicates
+        )
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+class _Buffer:
+    """Frames waiting for release (in memory or parked), their keys, and a running hash of their axis."""
+
+    def __init__(self) -> None:
+        self.frames: list[Frame | _Parked] = []
         self.keys: set[str] = set()
-        self.size = 0
+        self.size = 0  # estimate of all its frames
+        self.in_memory = 0  # estimate of those not parked
+        self.retry_at = 0.0  # a release that found no full request waits until size reaches this
         self._axis = hashlib.blake2b(digest_size=16)
         self._last_us: int | None = None
         self._ordered = True
@@ -109,16 +166,19 @@ class _Buffer:
         if self._last_us is not None and first <= self._last_us:
             self._ordered = False
         self._last_us = last if self._last_us is None else max(last, self._last_us)
-        self._axis.update(frame.times.tobytes())
+        self._axis.update(np.ascontiguousarray(frame.times).tobytes())
         self.frames.append(frame)
         self.keys.update(frame.series)
-        self.size += estimate_json_bytes(frame)
+        estimate = estimate_json_bytes(frame)
+        self.size += estimate
+        self.in_memory += estimate
 
     def absorb(self, other: _Buffer) -> None:
         """Take over ``other``'s frames (their keys differ from this buffer's, so order does not matter)."""
         self.frames.extend(other.frames)
         self.keys.update(other.keys)
         self.size += other.size
+        self.in_memory += other.in_memory
         self._ordered = False
 
     def axis(self) -> bytes | None:
@@ -127,20 +187,24 @@ class _Buffer:
 
 
 class _Coalescer:
-    def __init__(self, *, max_request_bytes: int, target_bytes: int, max_buffered_bytes: int) -> None:
+    def __init__(self, *, max_request_bytes: int, target_bytes: float, max_buffered_bytes: float) -> None:
         self.max_request_bytes = max_request_bytes
         self.target_bytes = target_bytes
         self.max_buffered_bytes = max_buffered_bytes
         self.buffers: list[_Buffer] = []
         self.owner: dict[str, _Buffer] = {}
-        self.buffered = 0
+        self.in_memory = 0
+        self.parking = _Parking()
 
     def run(self, frames: Iterable[Frame]) -> Iterator[Frame]:
-        for frame in frames:
-            if len(frame) and frame.series:
-                yield from self._add(frame)
-        while self.buffers:
-            yield from self._release(self.buffers[0], hold_back=False)
+        try:
+            for frame in frames:
+                if len(frame) and frame.series:
+                    yield from self._add(frame)
+            while self.buffers:
+                yield from self._release(self.buffers[0], hold_back=False)
+        finally:
+            self.parking.close()
 
     def _add(self, frame: Frame) -> Iterator[Frame]:
         touched = list({id(b): b for b in map(self.owner.get, frame.series) if b is not None}.values())
@@ -151,16 +215,27 @@ class _Coalescer:
                 buffer.absorb(other)
                 self.owner.update(dict.fromkeys(other.keys, buffer))
         else:
-            buffer = _Buffer()
-            self.buffers.append(buffer)
-        before = buffer.size
+            buffer = self._new_buffer()
+        self._put(buffer, frame)
+        if buffer.size >= max(self.target_bytes, buffer.retry_at):
+            yield from self._release(buffer, hold_back=True)
+        while self.in_memory > self.max_buffered_bytes:
+            self._park(max(self.buffers, key=lambda b: b.in_memory))
+
+    def _new_buffer(self) -> _Buffer:
+        buffer = _Buffer()
+        self.buffers.append(buffer)
+        return buffer
+
+    def _put(self, buffer: _Buffer, frame: Frame) -> None:
         buffer.add(frame)
         self.owner.update(dict.fromkeys(frame.series, buffer))
-        self.buffered += buffer.size - before
-        if buffer.size >= self.target_bytes:
-            yield from self._release(buffer, hold_back=True)
-        while self.buffered > self.max_buffered_bytes:
-            yield from self._release(max(self.buffers, key=lambda b: b.size), hold_back=True)
+        self.in_memory += estimate_json_bytes(frame)
+
+    def _park(self, buffer: _Buffer) -> None:
+        buffer.frames = [self.parking.park(f) if isinstance(f, Frame) else f for f in buffer.frames]
+        self.in_memory -= buffer.in_memory
+        buffer.in_memory = 0
 
     def _release(self, chosen: _Buffer, *, hold_back: bool) -> Iterator[Frame]:
         group = [chosen]
@@ -174,52 +249,85 @@ class _Coalescer:
         parts: list[Frame] = []
         for buffer in group:
             self.buffers.remove(buffer)
-            self.buffered -= buffer.size
+            self.in_memory -= buffer.in_memory
             for key in buffer.keys:
                 del self.owner[key]
-            parts += buffer.frames
-            buffer.frames.clear()
-        merged = merge_frames(parts)
-        del parts
-        if hold_back:
-            merged, rest = _hold_back_partial_requests(merged, self.max_request_bytes)
-            if rest is not None:
-                buffer = _Buffer()
-                buffer.add(rest)
-                self.buffers.append(buffer)
-                self.owner.update(dict.fromkeys(rest.series, buffer))
-                self.buffered += buffer.size
-        yield merged
+            parts += [self.parking.load(f) if isinstance(f, _Parked) else f for f in buffer.frames]
+            buffer.frames = []
+        if not hold_back:
+            merged = merge_frames(parts)
+            del parts
+            yield merged
+            return
+        released, kept = _split_full_requests(parts, self.max_request_bytes)
+        if kept is not None:
+            buffer = self._new_buffer()
+            self._put(buffer, kept)
+            if released is None:
+                buffer.retry_at = buffer.size + _RETRY_STEP * self.max_request_bytes
+        if released is not None:
+            yield released
 
 
-def _hold_back_partial_requests(frame: Frame, max_request_bytes: int) -> tuple[Frame, Frame | None]:
-    """Split ``frame`` into the values of its full requests and the rest, packing it like the hook does.
+def _split_full_requests(parts: list[Frame], max_request_bytes: int) -> tuple[Frame | None, Frame | None]:
+    """Merge ``parts`` (the list is emptied, to free them) and split the result into ``(values that make
+    full requests, the rest)``, packing like the hook; ``None`` for an empty part.
 
-    Per series group, the values of its last request are held back (all of a group that fits in one
-    request). When no group makes more than one request, nothing is: ``(frame, None)``.
+    Per series group, a last request less than :data:`FULL_REQUEST` full is held back (all of a group that
+    fits in one such request). The part released is packed again, as its rows may group differently, up to
+    :data:`_PACKING_ROUNDS` times in all.
     """
+    head: Frame | None = merge_frames(parts)
+    parts.clear()
+    kept: list[Frame] = []
+    for _ in range(_PACKING_ROUNDS):
+        assert head is not None
+        cuts = _partial_cuts(head, max_request_bytes)
+        if not cuts:
+            break
+        head, rest = _split(head, cuts)
+        kept.append(rest)
+        if head is None:
+            return None, merge_frames(kept)
+    return head, merge_frames(kept) if kept else None
+
+
+def _partial_cuts(frame: Frame, max_request_bytes: int) -> dict[str, int]:
+    """Key -> index of the first row held back, for the series groups whose last request is not full."""
     starts: dict[tuple[str, ...], list[int]] = {}
+    last_size: dict[tuple[str, ...], int] = {}
     for request in insert_requests(frame, integration_id=_SIZING_INTEGRATION, max_bytes=max_request_bytes):
         starts.setdefault(request.keys, []).append(request.start_us)
-    if all(len(group) < 2 for group in starts.values()):
-        return frame, None
+        last_size[request.keys] = len(request.body)
+        del request  # its body is not kept while the next one is built
+    cuts: dict[str, int] = {}
+    for keys, group in starts.items():
+        if last_size[keys] < FULL_REQUEST * max_request_bytes:
+            cut = int(np.searchsorted(frame.times, group[-1])) if len(group) > 1 else 0
+            cuts.update(dict.fromkeys(keys, cut))
+    return cuts
+
+
+def _split(frame: Frame, cuts: dict[str, int]) -> tuple[Frame | None, Frame]:
+    """``(frame without the held-back values or None, the held-back values)``: for each key in ``cuts``,
+    the values from its cut row on are held back. Only the two results are allocated (no full copies)."""
+    rows = len(frame)
+    head_rows = np.zeros(rows, dtype=bool)
+    tail_rows = np.zeros(rows, dtype=bool)
+    for key, values in frame.series.items():
+        cut = cuts.get(key, rows)
+        valid = ~np.isnan(values)
+        head_rows[:cut] |= valid[:cut]
+        tail_rows[cut:] |= valid[cut:]
+    head_at, tail_at = np.flatnonzero(head_rows), np.flatnonzero(tail_rows)
     head: dict[str, np.ndarray] = {}
     tail: dict[str, np.ndarray] = {}
-    for keys, group in starts.items():
-        # Rows before the group's last request are released; all of a one-request group is held back.
-        cut = int(np.searchsorted(frame.times, group[-1])) if len(group) > 1 else 0
-        for key in keys:
-            head[key] = frame.series[key].copy()
-            head[key][cut:] = np.nan
-            tail[key] = frame.series[key].copy()
-            tail[key][:cut] = np.nan
-    return _compact(frame.times, head, duplicates=frame.duplicates), _compact(frame.times, tail)
-
-
-def _compact(times: np.ndarray, series: dict[str, np.ndarray], duplicates: int = 0) -> Frame:
-    """The frame without the series and the times that have no value (its arrays are new copies)."""
-    kept = {key: values for key, values in series.items() if not np.isnan(values).all()}
-    present = np.zeros(len(times), dtype=bool)
-    for values in kept.values():
-        present |= ~np.isnan(values)
-    return Frame(times=times[present], series={k: v[present] for k, v in kept.items()}, duplicates=duplicates)
+    for key, values in frame.series.items():
+        cut = cuts.get(key, rows)
+        for part, at, keep in ((head, head_at, head_at < cut), (tail, tail_at, tail_at >= cut)):
+            column = values[at]
+            column[~keep] = np.nan
+            if not np.isnan(column).all():
+                part[key] = column
+    released = Frame(times=frame.times[head_at], series=head, duplicates=frame.duplicates) if head else None
+    return released, Frame(times=frame.times[tail_at], series=tail)

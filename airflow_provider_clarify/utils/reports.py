@@ -136,7 +136,12 @@ def _check_order(start: datetime, end: datetime) -> None:
         )
 
 
-def _id_list(param: str, value: Any) -> list[str]:
+def check_id_list(param: str, value: Any) -> list[str]:
+    """A list of ids, stripped and without repeats; refuses a scalar, an empty list or an empty id.
+
+    :param param: the parameter name, for the error message.
+    :param value: the ids.
+    """
     if isinstance(value, str | bytes) or not isinstance(value, Iterable):
         raise ValueError(
             f"{param}: expected a list of ids (a JSON array even for one id), got {type(value).__name__}"
@@ -152,7 +157,13 @@ def _id_list(param: str, value: Any) -> list[str]:
     return ids
 
 
-def _choice(param: str, value: Any, allowed: Iterable[str]) -> str:
+def check_choice(param: str, value: Any, allowed: Iterable[str]) -> str:
+    """``value`` when it is one of ``allowed``, else a ``ValueError`` naming the parameter and the options.
+
+    :param param: the parameter name, for the error message.
+    :param value: the value given.
+    :param allowed: the accepted values.
+    """
     options = list(allowed)
     if value not in options:
         raise ValueError(f"{param}: {value!r} is not one of {', '.join(options)}")
@@ -199,10 +210,10 @@ def build_report_request(
     """
     if not isinstance(org, str) or not org.strip():
         raise ValueError("org: no organization given and the connection has no default org (login or extra)")
-    report = _choice("report", report, REPORT_ID_FIELDS)
-    output_frequency = _choice("output_frequency", output_frequency, OUTPUT_FREQUENCIES)
-    label_style = _choice("metric_label_style", metric_label_style, METRIC_LABEL_STYLES)
-    file_format = _choice("file_format", file_format, FILE_FORMATS)
+    report = check_choice("report", report, REPORT_ID_FIELDS)
+    output_frequency = check_choice("output_frequency", output_frequency, OUTPUT_FREQUENCIES)
+    label_style = check_choice("metric_label_style", metric_label_style, METRIC_LABEL_STYLES)
+    file_format = check_choice("file_format", file_format, FILE_FORMATS)
     for name, flag in (
         ("all_datasources", all_datasources),
         ("qc_assessment", qc_assessment),
@@ -247,7 +258,7 @@ def build_report_request(
         extra = " (or all_datasources=True)" if report == "datasource-measurements" else ""
         raise ValueError(f"{_PARAM_FOR_FIELD[needed]}: report {report!r} needs a list of ids{extra}")
     else:
-        body[needed] = _id_list(_PARAM_FOR_FIELD[needed], given[needed])
+        body[needed] = check_id_list(_PARAM_FOR_FIELD[needed], given[needed])
     return body
 
 

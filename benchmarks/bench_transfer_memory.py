@@ -1,0 +1,186 @@
+"""Peak memory of ClarityReportToClarifyOperator on a ~1,000,000-row minute report.
+
+    python benchmarks/bench_transfer_memory.py --rows 1000000
+
+Both sandboxes run in a child process, so that the Clarify sandbox's store (millions of points in Python
+dicts) and the report generation do not count towards the measured process, which only runs the transfer
+the way a worker would: the operator's ``execute`` with a minimal context, over real HTTP. The report has the
+shape of a real one: the sandbox's default fleet (4 nodes, 2 reference sites), per-minute readings of the
+nine quantities nodes measure, qcAssessment and qcFlags columns, gzip CSV (or ``--format parquet``); the
+window is chosen to give about ``--rows`` rows.
+
+Limits are the real ones (8 MiB body limit, 4 MiB request budget) except pacing: the Clarify sandbox's rate
+limit and the hook's pacing are off, so the run takes seconds instead of one second per request.
+
+Prints the elapsed time, rows, points, requests, bytes sent, the request fill ratio, the RSS before the
+transfer and the peak RSS (``getrusage`` ``ru_maxrss`` and ``/proc/self/status`` ``VmHWM``); exits with
+status 1 when the peak reaches ``--limit-mb`` (default 300).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import multiprocessing
+import os
+import resource
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
+START = datetime(2024, 1, 1, tzinfo=UTC)
+#: Share of minutes in which a sandbox source sends a reading (testing/reports.py skips 0.5 %).
+READING_RATE = 0.995
+MIB = 1024 * 1024
+
+
+def serve(pipe: Connection) -> None:
+    """Child process: run both sandboxes and answer ``stats`` / ``stop`` over the pipe."""
+    from airflow_provider_clarify.testing.sandbox import Sandbox
+
+    with Sandbox(clarify={"rate_limit": None}, clarity={"report_delay": 0.0}) as sandbox:
+        pipe.send({"env": sandbox.env(), "datasource_ids": sandbox.clarity.datasource_ids})
+        while True:
+            command = pipe.recv()
+            if command == "stop":
+                return
+            inserts = sandbox.clarify.rpc_calls("integration.insert")
+            signals = sandbox.clarify.signals()
+            pipe.send(
+                {
+                    "requests": len(inserts),
+                    "sizes": [r.body_bytes for r in inserts],
+                    "statuses": sorted({r.status for r in inserts if r.status is not None}),
+                    "signals": len(signals),
+                    "stored": sum(len(sandbox.clarify.points(key)) for key in signals),
+                }
+            )
+
+
+def rss_kib(field: str) -> int:
+    """A ``/proc/self/status`` memory field in KiB (``VmRSS``, ``VmHWM``)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def reset_peak() -> bool:
+    """Reset VmHWM to the current RSS (Linux 4.0+), so it measures the transfer only."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Start the sandboxes in a child process and run the benchmark against them."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", type=int, default=1_000_000, help="report rows to aim for")
+    parser.add_argument("--format", choices=("csv", "parquet"), default="csv", help="report file format")
+    parser.add_argument("--limit-mb", type=float, default=300.0, help="fail when the peak RSS reaches this")
+    args = parser.parse_args(argv)
+
+    os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="bench-airflow-home-"))
+    os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+
+    pipe, child_pipe = multiprocessing.get_context("spawn").Pipe()
+    child = multiprocessing.get_context("spawn").Process(target=serve, args=(child_pipe,), daemon=True)
+    child.start()
+    try:
+        hello = pipe.recv()
+        os.environ.update(hello["env"])
+        return run(args, pipe, hello["datasource_ids"])
+    finally:
+        pipe.send("stop")
+        child.join(timeout=30)
+
+
+def run(args: argparse.Namespace, pipe: Connection, datasource_ids: list[str]) -> int:
+    """Request the report, run the transfer, print the numbers; 0 when under the limit and complete."""
+    from airflow_provider_clarify.hooks.clarity import ClarityHook
+    from airflow_provider_clarify.transfers.clarity_to_clarify import ClarityReportToClarifyOperator
+    from airflow_provider_clarify.utils.coalesce import FULL_REQUEST
+    from airflow_provider_clarify.utils.payload import DEFAULT_REQUEST_BYTES
+
+    sources = len(datasource_ids)
+    minutes = math.ceil(args.rows / (sources * READING_RATE))
+    end = START + timedelta(minutes=minutes)
+    hook = ClarityHook()
+    record = hook.request_report(
+        output_frequency="minute",
+        start_time=START,
+        end_time=end,
+        datasource_ids=datasource_ids,
+        file_format=args.format,
+        qc_assessment=True,
+        qc_flags=True,
+    )
+    report_id = record["reportId"]
+    generating = time.monotonic()
+    while record.get("reportStatus") != "succeeded":
+        if record.get("reportStatus") == "failed" or time.monotonic() - generating > 1800:
+            raise RuntimeError(f"report {report_id} did not succeed: {record.get('message')}")
+        time.sleep(1.0)
+        record = hook.get_report(report_id)
+    print(
+        f"report {report_id}: {sources} sources, {START:%Y-%m-%d} .. {end:%Y-%m-%d %H:%M} "
+        f"({minutes} minutes), {args.format}, generated in {time.monotonic() - generating:.1f} s"
+    )
+
+    operator = ClarityReportToClarifyOperator(task_id="bench", report_id=report_id, requests_per_second=None)
+    baseline = rss_kib("VmRSS")
+    peak_was_reset = reset_peak()
+    started = time.perf_counter()
+    result: dict[str, Any] = operator.execute(context={})
+    elapsed = time.perf_counter() - started
+    hwm = rss_kib("VmHWM")
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    pipe.send("stats")
+    server = pipe.recv()
+
+    peak_mb = max(hwm, maxrss) / 1024
+    sizes = server["sizes"]
+    sent = sum(sizes)
+    fill = sent / (len(sizes) * DEFAULT_REQUEST_BYTES) if sizes else 0.0
+    full = sum(size >= FULL_REQUEST * DEFAULT_REQUEST_BYTES for size in sizes)
+    print("pacing: off (Clarify sandbox rate_limit=None, hook requests_per_second=None); other limits real")
+    print(f"result:         {result}")
+    print(f"elapsed:        {elapsed:.1f} s")
+    print(f"rows:           {result['rows']}")
+    print(
+        f"points:         {result['points']} sent, {server['stored']} stored in {server['signals']} signals"
+    )
+    print(f"requests:       {server['requests']} (HTTP {server['statuses']})")
+    print(f"bytes sent:     {sent} ({sent / MIB:.1f} MiB; largest request {max(sizes, default=0)})")
+    print(
+        f"request fill:   {fill:.1%} of the {DEFAULT_REQUEST_BYTES // MIB} MiB budget on average; "
+        f"{full} of {len(sizes)} requests at least {FULL_REQUEST:.0%} full"
+    )
+    print(f"baseline RSS:   {baseline / 1024:.1f} MB (after imports, before the transfer)")
+    hwm_note = f"VmHWM {hwm / 1024:.1f} MB " + ("since just before the transfer" if peak_was_reset else "")
+    print(f"peak RSS:       {peak_mb:.1f} MB (ru_maxrss {maxrss / 1024:.1f} MB, {hwm_note.strip()})")
+    ok = (
+        result["rows"] > 0
+        and server["stored"] == result["points"]
+        and server["requests"] == result["requests"]
+        and peak_mb < args.limit_mb
+    )
+    verdict = "OK" if ok else "FAIL"
+    print(f"{verdict}: peak RSS {peak_mb:.1f} MB, limit {args.limit_mb:g} MB")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
