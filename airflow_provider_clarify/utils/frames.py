@@ -288,6 +288,21 @@ def _scalar_value(value: Any) -> float | None:
     return None
 
 
+def _first_bool(values: Any) -> int | None:
+    """Position of the first boolean among untyped values (lists, object arrays), else ``None``.
+
+    pyarrow reads ``[1.0, 2.0, True]`` as doubles (``True`` becomes 1.0), so booleans hidden among
+    numbers must be looked for before the conversion; typed arrays cannot hide one.
+    """
+    dtype = getattr(values, "dtype", None)
+    if isinstance(values, pa.Array) or (dtype is not None and getattr(dtype, "kind", "O") != "O"):
+        return None
+    for i, item in enumerate(values):
+        if isinstance(item, bool | np.bool_):
+            return i
+    return None
+
+
 def values_to_float(values: Any, *, key: str, times_us: np.ndarray, param: str = "data") -> np.ndarray:
     """Convert one series to float64 (NaN = no value) and check it.
 
@@ -312,6 +327,12 @@ def values_to_float(values: Any, *, key: str, times_us: np.ndarray, param: str =
             array = None
     if array is not None and pa.types.is_dictionary(array.type):
         array = array.dictionary_decode()
+    hidden_bool = _first_bool(values) if array is not None and _is_numeric_type(array.type) else None
+    if hidden_bool is not None:
+        raise ValueError(
+            f"{param}: series {key!r} position {hidden_bool} (time {format_us(int(times_us[hidden_bool]))}): "
+            f"value {values[hidden_bool]!r} is not numeric"
+        )
     if array is not None and _is_numeric_type(array.type):
         result = np.asarray(array.cast(pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
     else:
