@@ -23,6 +23,7 @@ for its rate-limit slot; memory stays at the encoded size of one group.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -191,7 +192,10 @@ def group_series(frame: Frame, *, max_null_fraction: float = DEFAULT_MAX_NULL_FR
                     and nulls * _NULL_BYTES < shared * time_bytes
                 ):
                     if new:
-                        cluster.positions = np.union1d(cluster.positions, positions)
+                        # The sorted union, by inserting the new positions where searchsorted found
+                        # their place: linear, where np.union1d sorts (or hashes) everything again.
+                        outside = ~inside
+                        cluster.positions = np.insert(cluster.positions, found[outside], positions[outside])
                     cluster.keys.extend(keys)
                     cluster.min_count = min(cluster.min_count, count)
                     sizes[index], mins[index] = union, cluster.min_count
@@ -214,11 +218,61 @@ def _put_digits(out: np.ndarray, column: int, values: np.ndarray, digits: int) -
         values //= 10
 
 
+@functools.cache
+def _digit_table(digits: int) -> np.ndarray:
+    """The zero-padded decimal digits of every number below ``10**digits``, one ``V<digits>`` item each."""
+    table = np.empty((10**digits, digits), dtype=np.uint8)
+    _put_digits(table, 0, np.arange(10**digits), digits)
+    return table.view(f"V{digits}").reshape(-1)
+
+
+@functools.cache
+def _time_of_day_table() -> np.ndarray:
+    """``HH:MM:SS`` of every second of a day, one ``V8`` item each."""
+    second = np.arange(86_400)
+    table = np.empty((86_400, 8), dtype=np.uint8)
+    table[:] = np.frombuffer(b"00:00:00", dtype=np.uint8)
+    _put_digits(table, 0, second // 3600, 2)
+    _put_digits(table, 3, second // 60 % 60, 2)
+    _put_digits(table, 6, second % 60, 2)
+    return table.view("V8").reshape(-1)
+
+
+def _dates(days: np.ndarray) -> np.ndarray:
+    """``YYYY-MM-DD`` of days since 1970-01-01 (proleptic Gregorian), one ``V10`` item each.
+
+    The civil date (H. Hinnant's algorithm) is computed once per day of the range covered (a request
+    spans few days) and gathered, unless the range is wider than the array.
+    """
+    first = int(days.min())
+    span = int(days.max()) - first + 1
+    gather = span <= len(days)
+    table_days = np.arange(first, first + span) if gather else days
+    z = table_days + 719_468
+    era = np.floor_divide(z, 146_097)
+    doe = z - era * 146_097
+    yoe = (doe - doe // 1460 + doe // 36_524 - doe // 146_096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    day = doy - (153 * mp + 2) // 5 + 1
+    month = np.where(mp < 10, mp + 3, mp - 9)
+    year = yoe + era * 400 + (month <= 2)
+    table = np.empty((len(table_days), 10), dtype=np.uint8)
+    table[:] = np.frombuffer(b"0000-00-00", dtype=np.uint8)
+    _put_digits(table, 0, year, 4)
+    _put_digits(table, 5, month, 2)
+    _put_digits(table, 8, day, 2)
+    dates = table.view("V10").reshape(-1)
+    return dates[days - first] if gather else dates
+
+
 def encode_times(us: np.ndarray) -> tuple[bytes, int]:
     """Encode times as the inside of a JSON array of RFC 3339 UTC strings, every element the same width.
 
     The precision is the shortest that is exact for all of them: seconds
-    (``"2021-03-11T21:00:00Z"``), milliseconds (``.123``) or microseconds (``.123456``).
+    (``"2021-03-11T21:00:00Z"``), milliseconds (``.123``) or microseconds (``.123456``). Each element is
+    a record of fixed-width byte fields, filled from small tables (the dates of the days covered, the
+    seconds of a day, the numbers below 1000).
 
     :param us: int64 microseconds since the epoch, years 0001-9999.
     :return: the bytes ``"t0","t1",...,"tn",`` (each element followed by a comma, the last one too) and
@@ -232,30 +286,32 @@ def encode_times(us: np.ndarray) -> tuple[bytes, int]:
         frac_digits, fraction = 3, fraction // 1000
     else:
         frac_digits = 6
-    days = np.floor_divide(seconds, 86_400)
-    second_of_day = seconds - days * 86_400
-    # Civil date from days since 1970-01-01 (proleptic Gregorian; H. Hinnant's algorithm).
-    z = days + 719_468
-    era = np.floor_divide(z, 146_097)
-    doe = z - era * 146_097
-    yoe = (doe - doe // 1460 + doe // 36_524 - doe // 146_096) // 365
-    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
-    mp = (5 * doy + 2) // 153
-    day = doy - (153 * mp + 2) // 5 + 1
-    month = np.where(mp < 10, mp + 3, mp - 9)
-    year = yoe + era * 400 + (month <= 2)
     width = 20 + (frac_digits + 1 if frac_digits else 0) + 3  # quotes and comma
-    out = np.empty((len(us), width), dtype=np.uint8)
-    template = b'"0000-00-00T00:00:00' + (b"." + b"0" * frac_digits if frac_digits else b"") + b'Z",'
-    out[:] = np.frombuffer(template, dtype=np.uint8)
-    _put_digits(out, 1, year, 4)
-    _put_digits(out, 6, month, 2)
-    _put_digits(out, 9, day, 2)
-    _put_digits(out, 12, second_of_day // 3600, 2)
-    _put_digits(out, 15, second_of_day // 60 % 60, 2)
-    _put_digits(out, 18, second_of_day % 60, 2)
+    if not len(us):
+        return b"", width
+    days = np.floor_divide(seconds, 86_400)
+    fields = [("quote", "V1", 0), ("date", "V10", 1), ("t", "V1", 11), ("clock", "V8", 12)]
     if frac_digits:
-        _put_digits(out, 21, fraction, frac_digits)
+        fields += [("dot", "V1", 20), ("high", "V3", 21)]
+    if frac_digits == 6:
+        fields.append(("low", "V3", 24))
+    fields.append(("end", "V3", width - 3))
+    names, formats, offsets = zip(*fields, strict=True)
+    layout = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": width})
+    out = np.empty(len(us), dtype=layout)
+    out["quote"] = np.void(b'"')
+    out["date"] = _dates(days)
+    out["t"] = np.void(b"T")
+    out["clock"] = _time_of_day_table()[seconds - days * 86_400]
+    if frac_digits:
+        out["dot"] = np.void(b".")
+        thousands = _digit_table(3)
+        if frac_digits == 3:
+            out["high"] = thousands[fraction]
+        else:
+            out["high"] = thousands[fraction // 1000]
+            out["low"] = thousands[fraction % 1000]
+    out["end"] = np.void(b'Z",')
     return out.tobytes(), width
 
 

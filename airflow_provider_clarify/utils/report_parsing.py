@@ -263,6 +263,9 @@ def _floats(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
     if isinstance(array, pa.ChunkedArray):  # one column at a time, without an Arrow copy of the whole
         if array.num_chunks == 1:
             return _floats(array.chunk(0))
+        if not pa.types.is_dictionary(array.type):
+            # The column's chunks joined first (one batch of one column): one conversion, not one per chunk.
+            return _floats(array.combine_chunks())
         return np.concatenate([_floats(chunk) for chunk in array.chunks] or [np.empty(0)])
     if pa.types.is_dictionary(array.type):
         array = array.dictionary_decode()
@@ -592,18 +595,25 @@ class ReportParser:
             raise ValueError(f"report file row {first_row + index + 1}: {layout.time_column!r} is empty")
         return times_to_us(column, param=f"report file column {layout.time_column!r}")
 
-    def _values(self, batch: pa.Table, layout: _Layout, first_row: int) -> list[np.ndarray]:
-        invalid: dict[str, np.ndarray] = {}
-        for metric, column in layout.qc_columns.items():
-            flags = pc.equal(pc.utf8_lower(_strings(batch.column(column))), "invalid").fill_null(False)
-            invalid[metric] = np.asarray(flags.to_numpy(zero_copy_only=False), dtype=bool)
-        out = []
+    def _values(self, batch: pa.Table, layout: _Layout, first_row: int) -> list[np.ndarray | None]:
+        """Each value column as float64 with invalid values dropped; None for a column without values."""
+        invalid: dict[str, np.ndarray] = {}  # metric -> its invalid flags, read once per batch when needed
+        out: list[np.ndarray | None] = []
         for metric, _, column in layout.values:
-            values = _floats(batch.column(column))
+            array = batch.column(column)
+            if array.null_count == len(array):
+                # An empty column (a metric the sources do not measure): nothing to convert, check or drop.
+                out.append(None)
+                continue
+            values = _floats(array)
             infinite = np.flatnonzero(np.isinf(values))
             if len(infinite):
                 row = first_row + int(infinite[0]) + 1
                 raise ValueError(f"report file row {row}: {column!r} is {values[infinite[0]]} (not finite)")
+            qc_column = layout.qc_columns.get(metric)
+            if qc_column is not None and metric not in invalid:
+                flags = pc.equal(pc.utf8_lower(_strings(batch.column(qc_column))), "invalid").fill_null(False)
+                invalid[metric] = np.asarray(flags.to_numpy(zero_copy_only=False), dtype=bool)
             drop = invalid.get(metric)
             if drop is not None and drop.any():
                 self.stats.invalid_dropped += int(np.count_nonzero(drop & ~np.isnan(values)))
@@ -639,7 +649,7 @@ class ReportParser:
             group = np.unique(group * len(dictionary) + codes, return_inverse=True)[1].reshape(-1)
         order = np.lexsort((times, group))
         sorted_group, sorted_times = group[order], times[order]
-        sorted_values = [v[order] for v in values]
+        sorted_values = [None if v is None else v[order] for v in values]
         bounds = [0, *(np.flatnonzero(sorted_group[1:] != sorted_group[:-1]) + 1).tolist(), rows]
         for start, stop in pairwise(bounds):
             first = int(order[start])
@@ -656,7 +666,7 @@ class ReportParser:
         frequency: str,
         names: list[str],
         times: np.ndarray,
-        values: list[np.ndarray],
+        values: list[np.ndarray | None],
         start: int,
         stop: int,
     ) -> Frame | None:
@@ -668,6 +678,8 @@ class ReportParser:
         times = times[last] if duplicates else times.copy()
         series: dict[str, np.ndarray] = {}
         for (metric, attribute, _), column in zip(layout.values, values, strict=True):
+            if column is None:
+                continue
             part = column[start:stop][last] if duplicates else column[start:stop]
             if np.isnan(part).all():
                 continue
