@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow.providers.common.compat.sdk import AirflowException
+from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
 
 
 class ClarifyRPCError(AirflowException):
@@ -60,6 +60,29 @@ class ClarityAPIError(AirflowException):
 
 class ClarityQuotaExceededError(ClarityAPIError):
     """HTTP 429 on a report request: the organization's daily report quota (about 30) is spent."""
+
+
+class ClarityReportRequestUncertainError(AirflowFailException):
+    """A report request may have reached Clarity, but its answer was lost, so its report id is unknown.
+
+    Clarity may have created the report and spent one unit of the organization's daily quota. It has no
+    endpoint to list reports, so the report cannot be found, and the request is not sent again: that could
+    spend the quota twice. A task retry cannot help either, so this fails the task at once.
+
+    :param cause: what happened to the answer (exception type and message, secrets removed).
+    :param url: the request URL.
+    :param advice: what the user can do next, appended to the message.
+    """
+
+    def __init__(self, *, cause: str, url: str, advice: str = "") -> None:
+        self.cause = cause
+        self.url = url
+        text = (
+            f"The Clarity report request to {url} may have created a report, but its answer was lost "
+            f"({cause}), so the report id is unknown. It was not sent again, because that could spend a "
+            "second unit of the daily report quota."
+        )
+        super().__init__(f"{text} {advice}" if advice else text)
 
 
 class ClarityReportFailedError(AirflowException):

@@ -143,10 +143,29 @@ def test_bad_row_late_in_a_file_fails_before_any_request(sandbox: ClarifySandbox
     assert sandbox.requests == []
 
 
+def test_text_deep_in_a_gzip_csv_is_named_with_its_row(sandbox: ClarifySandbox, tmp_path: Path) -> None:
+    lines = ["time,a,b"] + [
+        f"2024-03-01T{m // 3600:02d}:{m // 60 % 60:02d}:{m % 60:02d}Z,{m},NaN" for m in range(80_000)
+    ]
+    lines[1 + 71_234] = lines[1 + 71_234].replace(",NaN", ",n/a?")
+    path = tmp_path / "deep.csv.gz"
+    path.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    with pytest.raises(
+        ValueError, match=r"series 'b' position 71234 \(time 2024-03-01T19:47:14Z\): value 'n/a\?'"
+    ):
+        operator(data=str(path)).execute(context={})
+    assert sandbox.requests == []
+
+
 @pytest.mark.parametrize(
     ("content", "name", "message"),
     [
-        ("time,a\n2024-03-01T00:00:00Z,abc\n", "bad.csv", r"CSV column 'a'"),
+        (
+            "time,a\n2024-03-01T00:00:00Z,\n2024-03-01T00:01:00Z,abc\n",
+            "bad.csv",
+            r"^data \('bad.csv'\): series 'a' position 1 \(time 2024-03-01T00:01:00Z\): value 'abc' is not a "
+            "number",
+        ),
         ("t,a\n2024-03-01T00:00:00Z,1\n", "notime.csv", r"has no 'time' column"),
         ("time,a\n2024-03-01T00:00:00Z,1\n", "data.json", r"is not a .csv, .csv.gz or .parquet file"),
         ("time,a\nnot-a-time,1\n", "badtime.csv", r"times position 0: cannot parse 'not-a-time'"),

@@ -7,11 +7,12 @@ import gzip
 import io
 import json
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
+import requests
 import requests_mock as requests_mock_module
 from airflow.providers.common.compat.sdk import AirflowException
 
@@ -19,6 +20,7 @@ from airflow_provider_clarify.exceptions import (
     ClarityAPIError,
     ClarityQuotaExceededError,
     ClarityReportFailedError,
+    ClarityReportRequestUncertainError,
 )
 from airflow_provider_clarify.hooks.clarity import (
     DEFAULT_HOST,
@@ -169,19 +171,80 @@ def test_429_with_retry_after_on_a_report_request_is_not_retried(
     assert sandbox.reports == []
 
 
-def test_5xx_and_resets_are_retried(sandbox: ClaritySandbox, hook: ClarityHook) -> None:
-    sandbox.api.faults.fail_next(1, status=502, path="/v2/report-requests")
-    sandbox.api.faults.reset_next(1, path="/v2/report-requests")
+def test_report_requests_are_retried_only_when_they_cannot_have_arrived(
+    sandbox: ClaritySandbox, hook: ClarityHook
+) -> None:
+    # 503 says "not acted on": retried, and exactly one report is made.
+    sandbox.api.faults.fail_next(2, status=503, path="/v2/report-requests")
     record = hook.request_report(output_frequency="hour", all_datasources=True, **WINDOW)
-    assert [r.fault for r in sandbox.api.requests] == ["status", "reset", None]
+    assert [r.fault for r in sandbox.api.requests] == ["status", "status", None]
     assert [r["reportId"] for r in sandbox.reports] == [record["reportId"]]
 
+
+@pytest.mark.parametrize(
+    ("fault", "cause"),
+    [
+        (lambda plan: plan.fail_next(1, status=502, path="/v2/report-requests"), "HTTP 502"),
+        (lambda plan: plan.fail_next(1, status=500, path="/v2/report-requests"), "HTTP 500"),
+        (lambda plan: plan.reset_next(1, path="/v2/report-requests"), "ConnectionError"),
+        (lambda plan: plan.truncate_next(1, path="/v2/report-requests"), "ChunkedEncodingError"),
+        (lambda plan: plan.slow_next(1, delay=2, path="/v2/report-requests"), "ReadTimeout"),
+    ],
+    ids=["502", "500", "reset", "answer-cut-short", "read-time-out"],
+)
+def test_a_report_request_that_may_have_arrived_is_never_sent_twice(
+    sandbox: ClaritySandbox, hook: ClarityHook, fault: Any, cause: str
+) -> None:
+    fault(sandbox.api.faults)
+    hook.settings = dataclasses.replace(hook.settings, timeout=1.0)
+    with pytest.raises(ClarityReportRequestUncertainError) as info:
+        hook.request_report(output_frequency="hour", all_datasources=True, **WINDOW)
+    assert len(sandbox.api.requests) == 1
+    message = str(info.value)
+    assert cause in message
+    assert "may have created a report" in message
+    assert "not sent again" in message
+    assert hook.settings.api_key not in message
+
+
+def test_a_report_request_answer_without_report_id_is_uncertain(
+    sandbox: ClaritySandbox, hook: ClarityHook
+) -> None:
+    sandbox.api.faults.fail_next(1, status=200, path="/v2/report-requests", body={"status": "ok"})
+    with pytest.raises(ClarityReportRequestUncertainError, match="has no reportId"):
+        hook.request_report(output_frequency="hour", all_datasources=True, **WINDOW)
+    assert len(sandbox.api.requests) == 1
+
+
+def test_a_refused_connection_is_retried_and_fails_as_a_connection_error(
+    sandbox: ClaritySandbox, unused_tcp_port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    hook = ClarityHook(retry_backoff=0.01, retry_attempts=3)
+    hook.settings = dataclasses.replace(hook.settings, base_url=f"http://127.0.0.1:{unused_tcp_port}")
+    with caplog.at_level(logging.WARNING), pytest.raises(requests.ConnectionError) as info:
+        hook.request_report(output_frequency="hour", all_datasources=True, **WINDOW)
+    assert type(info.value) is requests.ConnectionError  # certainly not received: no "may have created"
+    retries = [r for r in caplog.records if "/v2/report-requests" in r.getMessage()]
+    assert len(retries) == 2, [r.getMessage() for r in caplog.records]
+
+
+def test_5xx_and_resets_are_retried_on_reads(sandbox: ClaritySandbox, hook: ClarityHook) -> None:
+    record = hook.request_report(output_frequency="hour", all_datasources=True, **WINDOW)
+    sandbox.api.faults.fail_next(1, status=502)
+    sandbox.api.faults.reset_next(1)
     sandbox.api.faults.fail_next(2, status=503)
     sandbox.api.faults.slow_next(1, delay=3)
-    slow_hook = ClarityHook(retry_backoff=0.01)
+    slow_hook = ClarityHook(retry_backoff=0.01, retry_attempts=6)
     slow_hook.settings = dataclasses.replace(slow_hook.settings, timeout=1.0)
     assert slow_hook.get_report(record["reportId"])["reportId"] == record["reportId"]
-    assert [r.fault for r in sandbox.api.requests][-4:] == ["status", "status", "slow", None]
+    assert [r.fault for r in sandbox.api.requests][1:] == [
+        "status",
+        "reset",
+        "status",
+        "status",
+        "slow",
+        None,
+    ]
 
 
 def test_client_errors_are_not_retried_and_hide_the_key(sandbox: ClaritySandbox, hook: ClarityHook) -> None:

@@ -14,7 +14,11 @@ import pytest
 from airflow.providers.common.compat.sdk import AirflowException, AirflowSensorTimeout, TaskDeferred
 from dag_helpers import rendered_fields, run_dag_test, task_result
 
-from airflow_provider_clarify.exceptions import ClarityQuotaExceededError, ClarityReportFailedError
+from airflow_provider_clarify.exceptions import (
+    ClarityQuotaExceededError,
+    ClarityReportFailedError,
+    ClarityReportRequestUncertainError,
+)
 from airflow_provider_clarify.operators.clarity import ClarityRequestReportOperator
 from airflow_provider_clarify.triggers.clarity import ClarityReportTrigger
 
@@ -239,3 +243,41 @@ def test_later_runs_reuse_unless_failed_too_old_or_switched_off(sandbox: Clarity
     assert off[0] != off[1]
     assert len(sandbox.reports) == 7
     assert posts(sandbox) == 7
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_a_lost_answer_fails_at_once_and_reruns_wait_for_a_decision(
+    sandbox: ClaritySandbox, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from airflow.models.variable import Variable  # the database model: this test is outside a task run
+
+    # Clarity creates the report, but its answer breaks off half-way.
+    sandbox.api.faults.truncate_next(1, path="/v2/report-requests")
+    kwargs: dict[str, Any] = {"retries": 2, "retry_delay": timedelta(0)}
+    state, try_number, _ = request_result(run_dag("clarity_lost_answer", **kwargs))
+    assert (state, try_number) == ("failed", 1)  # no task retry: it could only spend quota again
+    assert len(sandbox.reports) == 1
+    assert posts(sandbox) == 1
+    ((key, mark),) = stored_refs().items()
+    assert mark["reportId"] is None
+
+    # A rerun of the same report stops before any request, naming the Variable.
+    capfd.readouterr()
+    assert request_result(run_dag("clarity_lost_answer", **kwargs))[:2] == ("failed", 1)
+    assert posts(sandbox) == 1
+    output = capfd.readouterr()
+    errors = [line for line in (output.out + output.err).splitlines() if "an earlier try sent it at" in line]
+    assert errors
+    assert ClarityReportRequestUncertainError.__name__ in errors[0]
+    assert key in errors[0] or key in output.out + output.err
+
+    # Told the id, the rerun uses that report; with the Variable deleted, it requests a new one.
+    report_id = sandbox.reports[0]["reportId"]
+    Variable.set(key, json.dumps({"reportId": report_id, "requested_at": mark["requested_at"]}))
+    assert request_result(run_dag("clarity_lost_answer", **kwargs))[:3] == ("success", 1, report_id)
+    assert posts(sandbox) == 1
+    Variable.delete(key)
+    state, _, fresh = request_result(run_dag("clarity_lost_answer", **kwargs))
+    assert state == "success"
+    assert fresh != report_id
+    assert posts(sandbox) == 2

@@ -264,10 +264,21 @@ def test_stored_refs_round_trip_and_age() -> None:
     assert ref.is_fresh(now=now, max_age=timedelta(hours=13))
     assert not ref.is_fresh(now=now, max_age=timedelta(hours=12))
     assert variable_key("ab" * 32) == "clarity_report_" + ("ab" * 20)
+    lost = parse_ref(json.dumps({"reportId": None, "requested_at": "2024-01-01T12:00:00+00:00"}))
+    assert lost == ReportRef(None, datetime(2024, 1, 1, 12, tzinfo=UTC))
 
 
 @pytest.mark.parametrize(
-    "value", [None, "not json", "[]", '{"reportId": ""}', '{"reportId": "JB1", "requested_at": "2024-01-01"}']
+    "value",
+    [
+        None,
+        "not json",
+        "[]",
+        '{"reportId": ""}',
+        '{"reportId": 7, "requested_at": "2024-01-01T12:00:00+00:00"}',
+        '{"reportId": "JB1", "requested_at": "2024-01-01"}',
+        '{"reportId": null}',
+    ],
 )
 def test_unusable_stored_values_are_ignored(value: str | None) -> None:
     assert parse_ref(value) is None

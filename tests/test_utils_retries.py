@@ -10,12 +10,14 @@ import aiohttp
 import pytest
 import requests
 import tenacity
+import urllib3
 
 from airflow_provider_clarify.utils.retries import (
     async_retrying,
     is_aiohttp_transient,
     is_requests_transient,
     is_retryable_status,
+    is_unreceived,
     parse_retry_after,
     retry_after_from_exception,
     retrying,
@@ -60,6 +62,39 @@ def test_requests_predicate() -> None:
     assert not is_requests_transient(requests.exceptions.InvalidURL("x"))
     assert not is_requests_transient(requests.exceptions.TooManyRedirects("x"))
     assert not is_requests_transient(ValueError("x"))
+
+
+class _HTTPFailure(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+
+
+def _wrapped(reason: Exception) -> requests.ConnectionError:
+    # What requests raises: its ConnectionError around urllib3's MaxRetryError around the last error.
+    return requests.ConnectionError(urllib3.exceptions.MaxRetryError(None, "/x", reason))  # type: ignore[arg-type]
+
+
+def test_unreceived_only_when_the_request_cannot_have_arrived() -> None:
+    refused = urllib3.exceptions.NewConnectionError(None, "Connection refused")  # type: ignore[arg-type]
+    connect_timeout = urllib3.exceptions.ConnectTimeoutError(None, "connect timed out")
+    assert is_unreceived(_wrapped(refused))
+    assert is_unreceived(_wrapped(connect_timeout))
+    assert is_unreceived(requests.ConnectTimeout())
+    for status in (408, 425, 503):
+        assert is_unreceived(_HTTPFailure(status)), status
+    reset = urllib3.exceptions.ProtocolError("Connection aborted.", ConnectionResetError())
+    assert not is_unreceived(_wrapped(reset))
+    assert not is_unreceived(requests.ConnectionError("Connection aborted."))
+    assert not is_unreceived(requests.ReadTimeout())
+    assert not is_unreceived(requests.exceptions.ChunkedEncodingError())
+    assert not is_unreceived(requests.exceptions.SSLError(connect_timeout))
+    for status in (200, 400, 429, 500, 502, 504):
+        assert not is_unreceived(_HTTPFailure(status)), status
+    response = requests.Response()
+    response.status_code = 503
+    assert is_unreceived(requests.HTTPError(response=response))
+    assert not is_unreceived(ValueError("no status"))
 
 
 def test_aiohttp_predicate() -> None:

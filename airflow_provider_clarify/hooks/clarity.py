@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
+import aiohttp
 import requests
 import urllib3
 from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
@@ -37,6 +38,7 @@ from airflow_provider_clarify.exceptions import (
     ClarityAPIError,
     ClarityQuotaExceededError,
     ClarityReportFailedError,
+    ClarityReportRequestUncertainError,
 )
 from airflow_provider_clarify.utils.forms import connection_form_widgets, ui_field_behaviour
 from airflow_provider_clarify.utils.recent import (
@@ -56,6 +58,7 @@ from airflow_provider_clarify.utils.retries import (
     is_aiohttp_transient,
     is_requests_transient,
     is_retryable_status,
+    is_unreceived,
     retrying,
     wait_retry_after_or_backoff,
 )
@@ -64,7 +67,6 @@ from airflow_provider_clarify.utils.urls import join_url, strip_query, validate_
 if TYPE_CHECKING:
     from collections.abc import Callable, Generator, Mapping
 
-    import aiohttp
     from airflow.sdk import Connection
 
 DEFAULT_HOST = "https://clarity-data-api.clarity.io"
@@ -76,6 +78,7 @@ MAX_RESUMES = 3
 #: Refresh urls before opening a file when they expire within this margin.
 URL_EXPIRY_MARGIN = timedelta(seconds=30)
 _CHUNK = 1024 * 1024
+REPORT_REQUESTS_PATH = "/v2/report-requests"
 _QUOTA_MESSAGE = (
     "Clarity's report quota is spent (HTTP 429): about 30 historical reports per organization per day, "
     "shared by every caller in org {org!r}. Not retried. Reuse an existing report id or wait for the quota "
@@ -190,6 +193,26 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, ClarityAPIError):
         return is_retryable_status(exc.status)
     return is_requests_transient(exc) or is_aiohttp_transient(exc)
+
+
+def is_report_request_retryable(exc: BaseException) -> bool:
+    """Whether a failed report request may be sent again: it is transient *and* certainly did not reach
+    Clarity. A report request spends quota, so a request that may have arrived is never repeated.
+
+    :param exc: the exception of the failed attempt.
+    """
+    return is_transient(exc) and is_unreceived(exc)
+
+
+def may_have_created_report(exc: BaseException) -> bool:
+    """Whether a failed report request may still have created a report: the request may have arrived and
+    the answer says neither yes nor no (lost, cut short, a 2xx without a report id, 500/502/504).
+
+    :param exc: the exception the report request ended with.
+    """
+    if isinstance(exc, ClarityAPIError):
+        return (exc.status < 300 or exc.status >= 500) and not is_unreceived(exc)
+    return isinstance(exc, requests.RequestException) and not is_unreceived(exc)
 
 
 def mask_presigned_url(url: str) -> None:
@@ -439,9 +462,14 @@ class ClarityHook(BaseHook):
         session.headers.update({"Accept-Encoding": "identity"})
         return session
 
-    def _retrying(self, what: str, attempts: int | None = None) -> Any:
+    def _retrying(
+        self,
+        what: str,
+        attempts: int | None = None,
+        retry_if: Callable[[BaseException], bool] = is_transient,
+    ) -> Any:
         return retrying(
-            is_transient,
+            retry_if,
             attempts=attempts or self.retry_attempts,
             wait=wait_retry_after_or_backoff(initial=self.retry_backoff, maximum=60.0),
             logger=log,
@@ -458,8 +486,10 @@ class ClarityHook(BaseHook):
         attempts: int | None = None,
         quota: bool = False,
         headers: Mapping[str, str] | None = None,
+        retry_if: Callable[[BaseException], bool] = is_transient,
     ) -> _Answer:
-        """Send one API call (retried when transient); return the 2xx answer, else raise ``api_error``."""
+        """Send one API call (retried while ``retry_if`` says so); return the 2xx answer, else raise
+        ``api_error``."""
         settings = self.settings
         url = join_url(settings.base_url, path)
 
@@ -480,7 +510,7 @@ class ClarityHook(BaseHook):
                     raise api_error(response.status_code, response.content, url, org=org, quota=quota)
                 return _Answer(response.status_code, response.headers, response.content, url)
 
-        answer: _Answer = self._retrying(f"Clarity {method} {path}", attempts)(once)
+        answer: _Answer = self._retrying(f"Clarity {method} {path}", attempts, retry_if)(once)
         return answer
 
     def _call(
@@ -492,10 +522,7 @@ class ClarityHook(BaseHook):
         body: Any = None,
         attempts: int | None = None,
     ) -> Any:
-        # A 429 on a POST here (report requests) is the daily report quota.
-        answer = self._request(
-            method, path, params=params, body=body, attempts=attempts, quota=method == "POST"
-        )
+        answer = self._request(method, path, params=params, body=body, attempts=attempts)
         try:
             return json.loads(answer.content)
         except ValueError:
@@ -521,10 +548,33 @@ class ClarityHook(BaseHook):
 
         :param body: the body from :func:`~airflow_provider_clarify.utils.reports.build_report_request`.
         :raises ClarityQuotaExceededError: on HTTP 429 (the daily quota), at once, without retrying.
+        :raises ClarityReportRequestUncertainError: when the request may have created a report but its answer
+            was lost. Only failures that prove the request never reached Clarity (connection refused, connect
+            time-out, HTTP 408/425/503) are retried.
         """
-        record = self._call("POST", "/v2/report-requests", body=dict(body))
-        if not isinstance(record, dict) or not isinstance(record.get("reportId"), str):
-            raise ClarityAPIError(status=200, message="the report request answer has no reportId")
+        url = join_url(self.settings.base_url, REPORT_REQUESTS_PATH)
+        try:
+            answer = self._request(
+                "POST",
+                REPORT_REQUESTS_PATH,
+                body=dict(body),
+                quota=True,
+                retry_if=is_report_request_retryable,
+            )
+            try:
+                record = json.loads(answer.content)
+            except ValueError:
+                record = None
+            if not isinstance(record, dict) or not isinstance(record.get("reportId"), str):
+                raise ClarityAPIError(
+                    status=answer.status, message="the report request answer has no reportId", url=url
+                )
+        except (requests.RequestException, ClarityAPIError) as exc:
+            if may_have_created_report(exc):
+                raise ClarityReportRequestUncertainError(
+                    cause=f"{type(exc).__name__}: {exc}", url=strip_query(url)
+                ) from exc
+            raise
         self.log.info(
             "Requested Clarity report %s: %s, %s, %s .. %s (status %s)",
             record["reportId"],
@@ -575,6 +625,7 @@ class ClarityHook(BaseHook):
         :param qc_flags: add ``qcFlags`` columns.
         :raises ValueError: on bad input, before any request.
         :raises ClarityQuotaExceededError: on HTTP 429, at once.
+        :raises ClarityReportRequestUncertainError: when a report may exist but its answer was lost.
         """
         body = build_report_request(
             org=self._org(org),
@@ -917,8 +968,6 @@ class ClarityAsyncHook(BaseHook):
 
     async def session(self) -> aiohttp.ClientSession:
         """A new ``aiohttp`` session with the connection's time-out; close it when done (``async with``)."""
-        import aiohttp
-
         settings = await self.get_settings()
         return aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=settings.timeout),

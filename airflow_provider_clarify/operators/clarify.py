@@ -189,8 +189,42 @@ class ClarifyInsertOperator(BaseOperator):
                 if rows:
                     yield pa.Table.from_batches(rows)
             except pa.ArrowInvalid as exc:
+                column = _CSV_COLUMN.search(str(exc))
+                key = names[int(column.group(1))] if column else None
                 text = _CSV_COLUMN.sub(lambda m: f"CSV column {names[int(m.group(1))]!r}", str(exc))
-                raise ValueError(f"data: {path.name!r}: {text}") from None
+                found = self._first_non_number(path, gzipped=gzipped, key=key) if key else None
+                if found is None:
+                    raise ValueError(f"data: {path.name!r}: {text}") from None
+                position, time, value = found
+                raise ValueError(
+                    f"data ({path.name!r}): series {key!r} position {position} (time {time}): "
+                    f"value {value!r} is not a number"
+                ) from None
+
+    @staticmethod
+    def _first_non_number(path: ObjectStoragePath, *, gzipped: bool, key: str) -> tuple[int, str, str] | None:
+        """Where the CSV column ``key`` first holds text that is not a number: ``(row position counted from
+        the first data row, its time, the text)``; ``None`` if every cell converts. Only used to explain an
+        error, so the file is read once more, as text, with the same null markers as the float reading."""
+        options = pa_csv.ConvertOptions(
+            include_columns=[TIME_COLUMN, key],
+            column_types={TIME_COLUMN: pa.string(), key: pa.string()},
+            strings_can_be_null=True,
+        )
+        start = 0
+        with path.open("rb") as raw:
+            for batch in pa_csv.open_csv(_decompressed(raw, gzipped), convert_options=options):
+                cells = batch.column(1)
+                try:
+                    cells.cast(pa.float64())
+                except pa.ArrowInvalid:
+                    for index, cell in enumerate(cells.to_pylist()):
+                        try:
+                            pa.array([cell], pa.string()).cast(pa.float64())
+                        except pa.ArrowInvalid:
+                            return start + index, str(batch.column(0)[index]), str(cell)
+                start += batch.num_rows
+        return None
 
     @staticmethod
     def _merge(summaries: Iterator[InsertSummary]) -> InsertSummary:

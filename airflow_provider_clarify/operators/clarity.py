@@ -9,17 +9,18 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import AirflowException, BaseOperator
 
-from airflow_provider_clarify.exceptions import ClarityAPIError
-from airflow_provider_clarify.hooks.clarity import ClarityHook
+from airflow_provider_clarify.exceptions import ClarityAPIError, ClarityReportRequestUncertainError
+from airflow_provider_clarify.hooks.clarity import REPORT_REQUESTS_PATH, ClarityHook
 from airflow_provider_clarify.sensors.clarity import check_report, summary_from_event
 from airflow_provider_clarify.triggers.clarity import ClarityReportTrigger
-from airflow_provider_clarify.utils.report_store import load_ref, save_ref
+from airflow_provider_clarify.utils.report_store import load_ref, save_ref, variable_key
 from airflow_provider_clarify.utils.reports import (
     build_report_request,
     report_identity,
     report_outcome,
     resolve_window,
 )
+from airflow_provider_clarify.utils.urls import join_url
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -32,6 +33,16 @@ def _seconds(value: timedelta | float, *, param: str) -> float:
     if not seconds > 0:
         raise ValueError(f"{param}: expected a positive duration, got {value!r}")
     return seconds
+
+
+def _lost_answer_advice(identity: str) -> str:
+    key = variable_key(identity)
+    return (
+        f"Variable {key} records this, so reruns for the same report stop here until you choose (or until "
+        f"reuse_max_age has passed): if you know the report id, set the Variable to "
+        f'{{"reportId": "<id>", "requested_at": "<ISO time>"}} and clear the task; to request a new report '
+        f"(one more unit of the quota), delete the Variable and clear the task."
+    )
 
 
 class ClarityRequestReportOperator(BaseOperator):
@@ -186,18 +197,7 @@ class ClarityRequestReportOperator(BaseOperator):
         identity = report_identity(body, api_url=self.hook.base_url)
         record = self._reusable_report(identity, body["org"], max_age) if self.reuse_existing_report else None
         if record is None:
-            requested_at = datetime.now(UTC)
-            record = self.hook.submit_report_request(body)
-            save_ref(
-                identity,
-                record["reportId"],
-                requested_at=requested_at,
-                description=(
-                    f"Clarity report {record['reportId']} ({body['report']}, {body['outputFrequency']}, "
-                    f"{body['startTime']}..{body['endTime']}, org {body['org']}) requested by "
-                    f"{self.dag_id}.{self.task_id}; remembered so retries do not spend report quota"
-                ),
-            )
+            record = self._request_report(identity, body)
         report_id: str = record["reportId"]
         if not self.wait_for_completion or check_report(record, report_id) is not None:
             return report_id
@@ -218,6 +218,32 @@ class ClarityRequestReportOperator(BaseOperator):
             self._wait(report_id, body["org"], timeout)
         return report_id
 
+    def _request_report(self, identity: str, body: dict[str, Any]) -> dict[str, Any]:
+        requested_at = datetime.now(UTC)
+        what = (
+            f"({body['report']}, {body['outputFrequency']}, {body['startTime']}..{body['endTime']}, "
+            f"org {body['org']}) requested by {self.dag_id}.{self.task_id}"
+        )
+        try:
+            record = self.hook.submit_report_request(body)
+        except ClarityReportRequestUncertainError as exc:
+            # Remembered, so that a rerun does not request the report again without being told to.
+            save_ref(
+                identity,
+                None,
+                requested_at=requested_at,
+                description=f"Clarity report request {what}; its answer was lost, the report id is unknown",
+            )
+            exc.add_note(_lost_answer_advice(identity))
+            raise
+        save_ref(
+            identity,
+            record["reportId"],
+            requested_at=requested_at,
+            description=f"Clarity report {record['reportId']} {what}; kept so retries do not spend quota",
+        )
+        return record
+
     def _reusable_report(self, identity: str, org: str, max_age: timedelta) -> dict[str, Any] | None:
         ref = load_ref(identity)
         if ref is None:
@@ -225,10 +251,16 @@ class ClarityRequestReportOperator(BaseOperator):
         if not ref.is_fresh(now=datetime.now(UTC), max_age=max_age):
             self.log.info(
                 "Clarity report %s (requested %s) is older than reuse_max_age; requesting a new one",
-                ref.report_id,
+                ref.report_id or "(answer lost)",
                 ref.requested_at.isoformat(),
             )
             return None
+        if ref.report_id is None:
+            raise ClarityReportRequestUncertainError(
+                cause=f"an earlier try sent it at {ref.requested_at.isoformat()}",
+                url=join_url(self.hook.base_url, REPORT_REQUESTS_PATH),
+                advice=_lost_answer_advice(identity),
+            )
         try:
             record = self.hook.get_report(ref.report_id, org)
         except ClarityAPIError as exc:

@@ -3,9 +3,10 @@
 Airflow clears a task's XCom before a retry, and Clarity allows about 30 reports per organization per day.
 The report id is therefore kept in an Airflow Variable named ``clarity_report_<hash>``, where the hash
 (:func:`~airflow_provider_clarify.utils.reports.report_identity`) covers everything that defines the report.
-The value is JSON: ``{"reportId": ..., "requested_at": <ISO time>}``. Variables are used rather than the
-task state store of Airflow 3.3 because they also work on 3.1/3.2 and let *another* run asking for the same
-report reuse it.
+The value is JSON: ``{"reportId": ..., "requested_at": <ISO time>}``; ``reportId`` is ``null`` when the
+request's answer was lost, so the report may exist but its id is unknown (see :func:`save_ref`). Variables are
+used rather than the task state store of Airflow 3.3 because they also work on 3.1/3.2 and let *another* run
+asking for the same report reuse it.
 
 Variables can only be read and written inside a task run. Remembering is best effort: a failure to read
 or write is logged, never raised -- failing a task right after it spent quota would make its retry spend
@@ -30,11 +31,11 @@ KEY_PREFIX = "clarity_report_"
 class ReportRef:
     """A report requested earlier.
 
-    :param report_id: Clarity's ``reportId``.
+    :param report_id: Clarity's ``reportId``; ``None`` when the request's answer was lost.
     :param requested_at: when it was requested (aware UTC).
     """
 
-    report_id: str
+    report_id: str | None
     requested_at: datetime
 
     def is_fresh(self, *, now: datetime, max_age: timedelta) -> bool:
@@ -67,7 +68,9 @@ def parse_ref(value: Any) -> ReportRef | None:
         requested_at = datetime.fromisoformat(data["requested_at"])
     except (TypeError, ValueError, KeyError):
         return None
-    if not isinstance(report_id, str) or not report_id or requested_at.tzinfo is None:
+    if report_id is not None and (not isinstance(report_id, str) or not report_id):
+        return None
+    if requested_at.tzinfo is None:
         return None
     return ReportRef(report_id=report_id, requested_at=requested_at.astimezone(UTC))
 
@@ -90,11 +93,11 @@ def load_ref(identity: str) -> ReportRef | None:
     return parse_ref(value)
 
 
-def save_ref(identity: str, report_id: str, *, requested_at: datetime, description: str) -> bool:
+def save_ref(identity: str, report_id: str | None, *, requested_at: datetime, description: str) -> bool:
     """Remember a report id for ``identity``.
 
     :param identity: the report identity hash.
-    :param report_id: the new report's id.
+    :param report_id: the new report's id; ``None`` records that a request was sent whose answer was lost.
     :param requested_at: when it was requested (aware).
     :param description: a human description of the report, shown with the Variable in the UI.
     :return: whether it was stored.
@@ -108,7 +111,7 @@ def save_ref(identity: str, report_id: str, *, requested_at: datetime, descripti
     except Exception as exc:  # best effort, see the module docstring
         log.warning(
             "Could not remember Clarity report %s in Variable %s (%s: %s); a retry may request it again",
-            report_id,
+            report_id or "(answer lost)",
             key,
             type(exc).__name__,
             exc,

@@ -5,6 +5,8 @@ What is here:
 * :func:`is_retryable_status` -- HTTP statuses worth another try (408, 429, 5xx except 501/505).
 * :func:`is_requests_transient` / :func:`is_aiohttp_transient` -- "the transport failed, try again"
   (connection refused or reset, time-outs, a body cut short).
+* :func:`is_unreceived` -- the narrower test for requests that must not run twice (a Clarity report request
+  spends quota): only failures that prove the server never took the request.
 * :func:`parse_retry_after` / :func:`retry_after_from_exception` -- read an HTTP ``Retry-After``.
 * :class:`wait_retry_after_or_backoff` -- a tenacity wait strategy: the server's ``Retry-After`` when the
   failed attempt carried one, else capped exponential backoff with jitter.
@@ -28,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import requests
 import tenacity
+import urllib3
 from tenacity.wait import wait_base
 
 if TYPE_CHECKING:
@@ -37,6 +40,11 @@ if TYPE_CHECKING:
 _RETRYABLE_4XX = frozenset({408, 425, 429})
 #: 5xx statuses that will not change on a retry.
 _PERMANENT_5XX = frozenset({501, 505})
+#: Statuses that say the request was not acted on: request time-out (the body never arrived in full), too
+#: early, service unavailable. By HTTP semantics a server sends them before doing the work; whether Clarity's
+#: load balancer and API keep to that is unconfirmed, so the list is kept to these three. 500, 502 and 504 can
+#: come after the work was done and are not on it.
+_UNPROCESSED_STATUSES = frozenset({408, 425, 503})
 
 
 def is_retryable_status(status: int) -> bool:
@@ -66,6 +74,35 @@ def is_requests_transient(exc: BaseException) -> bool:
         | requests.exceptions.Timeout
         | requests.exceptions.ChunkedEncodingError,
     )
+
+
+def is_unreceived(exc: BaseException) -> bool:
+    """Whether a failed ``requests`` call certainly did not reach the server, so sending it again cannot
+    make it happen twice.
+
+    True for a connection that could not be opened (refused, DNS, connect time-out) and for an HTTP answer
+    whose status says the request was not acted on (408, 425, 503). False for everything after the request
+    may have been sent: a reset or a read time-out while waiting, an answer cut short, any other status.
+
+    :param exc: the exception of the failed call; HTTP answers count when the exception has a ``status``
+        attribute (the provider's API errors) or a ``response`` (``requests.HTTPError``).
+    """
+    status = getattr(exc, "status", None)
+    if status is None:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+    if isinstance(status, int):
+        return status in _UNPROCESSED_STATUSES
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return True
+    if isinstance(exc, requests.exceptions.ConnectionError) and not isinstance(
+        exc, requests.exceptions.SSLError
+    ):
+        reason = exc.args[0] if exc.args else None
+        # requests wraps urllib3's MaxRetryError, whose ``reason`` is the error of the last try. Refused
+        # connections and failed name lookups (NewConnectionError) are a subclass of ConnectTimeoutError.
+        reason = getattr(reason, "reason", reason)
+        return isinstance(reason, urllib3.exceptions.ConnectTimeoutError)
+    return False
 
 
 def is_aiohttp_transient(exc: BaseException) -> bool:

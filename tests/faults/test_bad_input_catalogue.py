@@ -505,13 +505,6 @@ BOOLEAN_AFTER_FLOATS: Case = (
     insert(frame(**{"a.b": [1.0, 2.0, True]})),
     ("data", "'a.b'", "position 2", "True", "not numeric"),
 )
-CSV_POSITION_BUG = (
-    "ClarifyInsertOperator._csv_tables: a CSV cell that is not a number fails with Arrow's 'In CSV column "
-    "...: CSV conversion error to double: invalid value ...', naming file, column and value but not the row "
-    "(position and time). Suggested fix: on ArrowInvalid, read the block's columns as text to find the first "
-    "bad cell and raise 'data (<file>, rows from N): series <key> position <i> (time <t>): value ... is not "
-    "numeric' like every other input path."
-)
 
 
 # -- fixtures ----------------------------------------------------------------------------------------------
@@ -579,7 +572,6 @@ def test_a_boolean_after_floats_is_refused(env: Env, connections: list[Any]) -> 
     check_refused(env, connections, call, names)
 
 
-@pytest.mark.xfail(strict=True, reason=CSV_POSITION_BUG)
 def test_a_csv_cell_that_is_not_a_number_is_refused_with_its_row(env: Env, connections: list[Any]) -> None:
     message = check_refused(
         env, connections, csv_with_text, ("data", "'values.csv'", "'site-1.pm2_5'", "high")
