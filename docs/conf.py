@@ -27,7 +27,11 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.viewcode",
     "provider_docs",  # docs/_ext/provider_docs.py: the template-fields directive
+    "myst_parser",  # Markdown pages (MyST): troubleshooting.md, and reliability.md written by tests/faults
 ]
+source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
+# deflist: "term" / ": definition" lists, as the error entries of troubleshooting.md are written.
+myst_enable_extensions = ["deflist"]
 
 exclude_patterns = ["_build"]
 templates_path: list[str] = []

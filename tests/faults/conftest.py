@@ -1,7 +1,7 @@
-"""The fault campaign's collector, and the writer of ``docs/reliability.rst``.
+"""The fault campaign's collector, and the writer of ``docs/reliability.md``.
 
 Each fault test adds one :class:`~faults_support.MatrixRow` to the session's collector. At the end of a
-session that ran every fault and passed, ``docs/reliability.rst`` is rewritten from those rows -- only when
+session that ran every fault and passed, ``docs/reliability.md`` is rewritten from those rows -- only when
 ``CLARIFY_WRITE_RELIABILITY=1`` is set, so an ordinary test run leaves the work tree alone::
 
     CLARIFY_WRITE_RELIABILITY=1 python -m pytest tests/faults -q
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from faults_support import MatrixRow, render_reliability
 
-PAGE = Path(__file__).resolve().parents[2] / "docs" / "reliability.rst"
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
 COMMAND = "CLARIFY_WRITE_RELIABILITY=1 python -m pytest tests/faults -q"
 ROWS = pytest.StashKey[list[MatrixRow]]()
 EXPECTED_ROWS = pytest.StashKey[int]()
@@ -42,7 +42,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     rows = session.config.stash.get(ROWS, [])
     expected = session.config.stash.get(EXPECTED_ROWS, 0)
     if exitstatus != 0 or not rows or len(rows) != expected:
-        print(f"\ndocs/reliability.rst not written: {len(rows)} of {expected} faults ran (exit {exitstatus})")
+        print(f"\ndocs/reliability.md not written: {len(rows)} of {expected} faults ran (exit {exitstatus})")
         return
     from airflow import __version__ as airflow_version
 

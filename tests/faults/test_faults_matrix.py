@@ -11,7 +11,7 @@ Test-only speed-ups that do not change what is tested: Airflow's task ``retry_de
 between the hooks' retries is 50 ms (attempt counts and ``Retry-After`` waits are unchanged), the report is
 small (two datasources, hourly, one fixed day) and becomes ready at a chosen status check instead of after a
 delay. Each run adds a row to the reliability matrix
-(``docs/reliability.rst``, see ``conftest.py``).
+(``docs/reliability.md``, see ``conftest.py``).
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pyarrow as pa
 import requests
 from faults_support import (
@@ -71,7 +73,12 @@ def test_secret_scan_and_exception_lines() -> None:
 def test_the_page_lists_every_row_in_campaign_order_and_the_open_bugs() -> None:
     rows = [
         MatrixRow(
-            order=1, fault="second | fault", step="poll", outcome="failed: X*Y", points=None, reports=1
+            order=1,
+            fault="second | fault",
+            step="poll",
+            outcome="failed: X*Y of <report>",
+            points=None,
+            reports=1,
         ),
         MatrixRow(
             order=0,
@@ -85,12 +92,16 @@ def test_the_page_lists_every_row_in_campaign_order_and_the_open_bugs() -> None:
         ),
     ]
     page = render_reliability(rows, command="make it", versions="Airflow 9")
-    assert page.index("   * - first") < page.index("   * - second \\| fault")
-    assert "failed: X\\*Y" in page
+    assert page.index("| first |") < page.index("| second \\| fault |")
+    assert "failed: X\\*Y of \\<report\\>" in page  # Markdown and HTML characters stay literal
     assert "0 of 10" in page
     assert "load 2" in page
     assert "**open bug**, see below" in page
-    assert "Open bugs\n---------" in page
-    assert "quota spent twice" in page
-    assert "   make it" in page
+    assert "## Open bugs" in page
+    assert "- **first**: quota spent twice" in page
+    assert "```sh\nmake it\n```" in page
     assert "Secret values found over all runs: **0**." in page
+    # Every line of the pipe table has the header's 8 cells (an escaped pipe does not split a cell).
+    table = [line for line in page.splitlines() if line.startswith("| ")]
+    assert len(table) == 2 + len(rows)
+    assert {len(re.split(r"(?<!\\)\|", line)) - 2 for line in table} == {8}
