@@ -13,9 +13,11 @@ its imports -- never the data generation, another variant, or the parent.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
+import multiprocessing
 import os
 import platform
 import resource
@@ -29,7 +31,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterator, Sequence
+    from multiprocessing.connection import Connection
+
+    from airflow_provider_clarify.testing.sandbox import Sandbox
 
 MIB = 1024 * 1024
 MB = 1_000_000
@@ -228,6 +233,63 @@ def child_main(argv: Sequence[str], variants: dict[str, Callable[[dict[str, Any]
     result["peak_rss_mb"] = peak_rss_mb()
     Path(args.child_result).write_text(json.dumps(result))
     return True
+
+
+def serve_sandboxes(
+    pipe: Connection,
+    clarify: dict[str, Any],
+    clarity: dict[str, Any],
+    stats: Callable[[Sandbox], dict[str, Any]],
+) -> None:
+    """Child process: run both sandboxes; answer ``stats`` with ``stats(sandbox)`` until ``stop``.
+
+    :param pipe: the child's end of the pipe; the first message sent is the connections' environment
+        (``env``) and the Clarity sandbox's ``datasource_ids``.
+    :param clarify: keyword options of the Clarify sandbox.
+    :param clarity: keyword options of the Clarity sandbox.
+    :param stats: what to send back on ``stats`` (a module-level function, so that it pickles).
+    """
+    from airflow_provider_clarify.testing.sandbox import Sandbox
+
+    with Sandbox(clarify=clarify, clarity=clarity) as sandbox:
+        pipe.send({"env": sandbox.env(), "datasource_ids": sandbox.clarity.datasource_ids})
+        while pipe.recv() != "stop":
+            pipe.send(stats(sandbox))
+
+
+@contextlib.contextmanager
+def sandboxes_in_child(
+    clarify: dict[str, Any], clarity: dict[str, Any], stats: Callable[[Sandbox], dict[str, Any]]
+) -> Iterator[tuple[Connection, list[str]]]:
+    """Both sandboxes in a child process (:func:`serve_sandboxes`), their connections in ``os.environ``.
+
+    Yields the pipe (send ``"stats"``, then receive) and the Clarity sandbox's datasource ids; stops the
+    child on exit.
+
+    :param clarify: keyword options of the Clarify sandbox.
+    :param clarity: keyword options of the Clarity sandbox.
+    :param stats: what the child answers to ``stats`` (a module-level function of the sandbox).
+    """
+    context = multiprocessing.get_context("spawn")
+    pipe, child_pipe = context.Pipe()
+    child = context.Process(target=serve_sandboxes, args=(child_pipe, clarify, clarity, stats), daemon=True)
+    child.start()
+    try:
+        hello = pipe.recv()
+        os.environ.update(hello["env"])
+        yield pipe, hello["datasource_ids"]
+    finally:
+        pipe.send("stop")
+        child.join(timeout=60)
+
+
+def stored_points(sandbox: Sandbox) -> tuple[int, int]:
+    """How many points the Clarify sandbox stores, and in how many signals.
+
+    :param sandbox: the sandboxes.
+    """
+    keys = sandbox.clarify.signals()
+    return sum(len(sandbox.clarify.points(key)) for key in keys), len(keys)
 
 
 # -- output ----------------------------------------------------------------------------------------

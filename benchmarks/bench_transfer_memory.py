@@ -21,54 +21,34 @@ from __future__ import annotations
 
 import argparse
 import math
-import multiprocessing
-import os
 import resource
 import sys
-import tempfile
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as common
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
 
-START = datetime(2024, 1, 1, tzinfo=UTC)
-#: Share of minutes in which a sandbox source sends a reading (testing/reports.py skips 0.5 %).
-READING_RATE = 0.995
-MIB = 1024 * 1024
-
-
-def serve(pipe: Connection) -> None:
-    """Child process: run both sandboxes and answer ``stats`` / ``stop`` over the pipe."""
     from airflow_provider_clarify.testing.sandbox import Sandbox
 
-    with Sandbox(clarify={"rate_limit": None}, clarity={"report_delay": 0.0}) as sandbox:
-        pipe.send({"env": sandbox.env(), "datasource_ids": sandbox.clarity.datasource_ids})
-        while True:
-            command = pipe.recv()
-            if command == "stop":
-                return
-            inserts = sandbox.clarify.rpc_calls("integration.insert")
-            signals = sandbox.clarify.signals()
-            pipe.send(
-                {
-                    "requests": len(inserts),
-                    "sizes": [r.body_bytes for r in inserts],
-                    "statuses": sorted({r.status for r in inserts if r.status is not None}),
-                    "signals": len(signals),
-                    "stored": sum(len(sandbox.clarify.points(key)) for key in signals),
-                }
-            )
 
-
-def rss_kib(field: str) -> int:
-    """A ``/proc/self/status`` memory field in KiB (``VmRSS``, ``VmHWM``)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/self/status")
+def insert_stats(sandbox: Sandbox) -> dict[str, Any]:
+    """Child process: what the Clarify sandbox received and stores."""
+    inserts = sandbox.clarify.rpc_calls("integration.insert")
+    stored, signals = common.stored_points(sandbox)
+    return {
+        "requests": len(inserts),
+        "sizes": [r.body_bytes for r in inserts],
+        "statuses": sorted({r.status for r in inserts if r.status is not None}),
+        "signals": signals,
+        "stored": stored,
+    }
 
 
 def reset_peak() -> bool:
@@ -91,20 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit-mb", type=float, default=300.0, help="fail when the peak RSS reaches this")
     args = parser.parse_args(argv)
 
-    os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="bench-airflow-home-"))
-    os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-
-    pipe, child_pipe = multiprocessing.get_context("spawn").Pipe()
-    child = multiprocessing.get_context("spawn").Process(target=serve, args=(child_pipe,), daemon=True)
-    child.start()
-    try:
-        hello = pipe.recv()
-        os.environ.update(hello["env"])
-        return run(args, pipe, hello["datasource_ids"])
-    finally:
-        pipe.send("stop")
-        child.join(timeout=30)
+    common.airflow_env()
+    with common.sandboxes_in_child({"rate_limit": None}, {"report_delay": 0.0}, insert_stats) as (
+        pipe,
+        datasource_ids,
+    ):
+        return run(args, pipe, datasource_ids)
 
 
 def run(args: argparse.Namespace, pipe: Connection, datasource_ids: list[str]) -> int:
@@ -115,12 +87,12 @@ def run(args: argparse.Namespace, pipe: Connection, datasource_ids: list[str]) -
     from airflow_provider_clarify.utils.payload import DEFAULT_REQUEST_BYTES
 
     sources = len(datasource_ids)
-    minutes = math.ceil(args.rows / (sources * READING_RATE))
-    end = START + timedelta(minutes=minutes)
+    minutes = math.ceil(args.rows / (sources * common.READING_RATE))
+    end = common.START + timedelta(minutes=minutes)
     hook = ClarityHook()
     record = hook.request_report(
         output_frequency="minute",
-        start_time=START,
+        start_time=common.START,
         end_time=end,
         datasource_ids=datasource_ids,
         file_format=args.format,
@@ -135,17 +107,17 @@ def run(args: argparse.Namespace, pipe: Connection, datasource_ids: list[str]) -
         time.sleep(1.0)
         record = hook.get_report(report_id)
     print(
-        f"report {report_id}: {sources} sources, {START:%Y-%m-%d} .. {end:%Y-%m-%d %H:%M} "
+        f"report {report_id}: {sources} sources, {common.START:%Y-%m-%d} .. {end:%Y-%m-%d %H:%M} "
         f"({minutes} minutes), {args.format}, generated in {time.monotonic() - generating:.1f} s"
     )
 
     operator = ClarityReportToClarifyOperator(task_id="bench", report_id=report_id, requests_per_second=None)
-    baseline = rss_kib("VmRSS")
+    baseline = common.status_kib("VmRSS")
     peak_was_reset = reset_peak()
     started = time.perf_counter()
     result: dict[str, Any] = operator.execute(context={})
     elapsed = time.perf_counter() - started
-    hwm = rss_kib("VmHWM")
+    hwm = common.status_kib("VmHWM")
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     pipe.send("stats")
     server = pipe.recv()
@@ -163,9 +135,9 @@ def run(args: argparse.Namespace, pipe: Connection, datasource_ids: list[str]) -
         f"points:         {result['points']} sent, {server['stored']} stored in {server['signals']} signals"
     )
     print(f"requests:       {server['requests']} (HTTP {server['statuses']})")
-    print(f"bytes sent:     {sent} ({sent / MIB:.1f} MiB; largest request {max(sizes, default=0)})")
+    print(f"bytes sent:     {sent} ({sent / common.MIB:.1f} MiB; largest request {max(sizes, default=0)})")
     print(
-        f"request fill:   {fill:.1%} of the {DEFAULT_REQUEST_BYTES // MIB} MiB budget on average; "
+        f"request fill:   {fill:.1%} of the {DEFAULT_REQUEST_BYTES // common.MIB} MiB budget on average; "
         f"{full} of {len(sizes)} requests at least {FULL_REQUEST:.0%} full"
     )
     print(f"baseline RSS:   {baseline / 1024:.1f} MB (after imports, before the transfer)")

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+import copy
+import itertools
 import json
 import logging
 import socket
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +20,8 @@ import airflow_provider_clarify.hooks.clarify as clarify_module
 from airflow_provider_clarify.exceptions import ClarifyRPCError
 from airflow_provider_clarify.hooks.clarify import ClarifyHook
 from airflow_provider_clarify.testing.clarify import ClarifySandbox
+from airflow_provider_clarify.utils.frames import Frame, to_frame
+from airflow_provider_clarify.utils.payload import insert_requests
 from airflow_provider_clarify.utils.signals import HASH_ANNOTATION
 
 if TYPE_CHECKING:
@@ -87,21 +92,26 @@ def test_credentials_file_as_json_string(sandbox: ClarifySandbox, monkeypatch: p
     assert hook.test_connection()[0] is True
 
 
+def before_post(hook: ClarifyHook, number: int, action: Any) -> None:
+    """Run ``action`` just before the hook's ``number``-th HTTP request (on the thread that sends it)."""
+    post_once = hook._post_once
+    posts = itertools.count(1)
+
+    def post(body: bytes) -> Any:
+        if next(posts) == number:
+            action()
+        return post_once(body)
+
+    hook._post_once = post  # type: ignore[method-assign]
+
+
 def test_token_expiry_mid_run_gets_one_new_token(
     sandbox: ClarifySandbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_CLARIFY_DEFAULT", sandbox.connection_json("oauth"))
-    original = clarify_module.insert_requests
-
-    def expire_after_second(*args: Any, **kwargs: Any) -> Iterator[Any]:
-        for number, request in enumerate(original(*args, **kwargs), start=1):
-            if number == 3:
-                sandbox.expire_tokens()  # requests 1 and 2 are done; the token dies before request 3
-            yield request
-
-    monkeypatch.setattr(clarify_module, "insert_requests", expire_after_second)
     df = small_frame(("a",), n=3000)
     hook = fast_hook(max_request_bytes=16 * 1024)
+    before_post(hook, 3, sandbox.expire_tokens)  # requests 1 and 2 are done; the token dies before request 3
     hook.insert(df)
     statuses = [r.status for r in sandbox.rpc_calls()]  # a 401 is answered before the method is read
     assert statuses.count(401) == 1
@@ -344,25 +354,15 @@ def test_server_validation_error_carries_params_and_trace(sandbox: ClarifySandbo
     assert len(sandbox.rpc_calls()) == 3
 
 
-def test_failure_part_way_says_exactly_what_was_stored(
-    sandbox: ClarifySandbox, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    original = clarify_module.insert_requests
-
-    def fail_third(*args: Any, **kwargs: Any) -> Iterator[Any]:
-        for number, request in enumerate(original(*args, **kwargs), start=1):
-            if number == 3:
-                sandbox.rpc_error_next(1, code=-32602, message="Invalid params")
-            yield request
-
-    monkeypatch.setattr(clarify_module, "insert_requests", fail_third)
+def test_failure_part_way_says_exactly_what_was_stored(sandbox: ClarifySandbox) -> None:
     df = small_frame(("a",), n=3000)
     hook = fast_hook(max_request_bytes=16 * 1024)
+    before_post(hook, 3, lambda: sandbox.rpc_error_next(1, code=-32602, message="Invalid params"))
     with pytest.raises(ClarifyRPCError) as err:
         hook.insert(df)
     text = str(err.value)
     calls = inserts(sandbox)
-    assert len(calls) == 3
+    assert len(calls) == 3  # requests built while request 3 was in flight were never sent
     first_two = sum(c.info["points"] for c in calls[:2])
     assert f"insert request 3 failed; 2 earlier request(s) were stored: {first_two} of 3000 values" in text
     assert "between 2024-03-01T00:00:00Z and" in text
@@ -372,6 +372,143 @@ def test_failure_part_way_says_exactly_what_was_stored(
     assert f"The failed request carried 1 series [a] from {third_start}" in text
     assert "idempotent" in text
     assert err.value.code == -32602
+    assert not sender_threads()
+
+
+# -- pipelined sending --------------------------------------------------------------------------------
+def sender_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "clarify-insert-sender"]
+
+
+def minute_frames(count: int, rows: int) -> list[Frame]:
+    """``count`` consecutive frames of ``rows`` minutes with series ``a`` and ``b``."""
+    frames = []
+    for number in range(count):
+        index = pd.date_range(T0 + timedelta(minutes=number * rows), periods=rows, freq="min")
+        values = np.arange(rows, dtype=float) + number * rows
+        frames.append(to_frame(pd.DataFrame({"a": values, "b": values / 2}, index=index)))
+    return frames
+
+
+def test_pipelined_insert_sends_every_request_once_in_order(sandbox: ClarifySandbox) -> None:
+    frames = minute_frames(4, 700)
+    hook = fast_hook(max_request_bytes=16 * 1024)
+    sent: list[bytes] = []
+    post_once = hook._post_once
+
+    def record(body: bytes) -> Any:
+        sent.append(body)
+        return post_once(body)
+
+    hook._post_once = record  # type: ignore[method-assign]
+    summary = hook.insert_frames(iter(frames))
+    expected = [
+        request.body
+        for frame in frames
+        for request in insert_requests(frame, integration_id=sandbox.integration_id, max_bytes=16 * 1024)
+    ]
+    assert len(expected) == 8  # two per frame
+    assert sent == expected  # the same bodies, byte for byte, in the same order, each once
+    assert summary.requests == len(expected) == len(inserts(sandbox))
+    assert summary.points == 4 * 700 * 2 == sum(c.info["points"] for c in inserts(sandbox))
+    assert len(sandbox.points("a")) == 4 * 700
+    assert not sender_threads()
+
+
+def test_frame_iterator_error_after_some_requests_names_what_was_stored(sandbox: ClarifySandbox) -> None:
+    def frames() -> Iterator[Frame]:
+        yield from minute_frames(2, 700)
+        raise RuntimeError("the report is truncated")
+
+    with pytest.raises(RuntimeError, match="truncated") as err:
+        fast_hook(max_request_bytes=16 * 1024).insert_frames(frames())
+    calls = inserts(sandbox)
+    assert len(calls) > 2
+    assert all(c.status == 200 for c in calls)  # everything built before the error was sent and stored
+    points = sum(c.info["points"] for c in calls)
+    assert points == 2 * 700 * 2
+    assert err.value.__notes__ == [
+        f"Before this error {len(calls)} earlier request(s) were stored: {points} of {points} values read so "
+        "far (from 2 frames) of 2 series between 2024-03-01T00:00:00Z and 2024-03-01T23:19:00Z."
+    ]
+    assert not sender_threads()
+
+
+def test_requests_built_ahead_of_the_sender_are_bounded(
+    sandbox: ClarifySandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built: list[int] = []
+    ahead: list[int] = []
+    original = clarify_module.insert_requests
+
+    def counting(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        for request in original(*args, **kwargs):
+            built.append(1)
+            yield request
+
+    monkeypatch.setattr(clarify_module, "insert_requests", counting)
+    hook = fast_hook(max_request_bytes=16 * 1024, requests_per_second=20.0)
+    posted = hook._post_once
+
+    def post(body: bytes) -> Any:
+        ahead.append(len(built) - len(ahead) - 1)  # built but not yet sent, besides this one
+        return posted(body)
+
+    hook._post_once = post  # type: ignore[method-assign]
+    summary = hook.insert_frames(minute_frames(12, 700))
+    assert summary.requests == len(built) == len(ahead) == 24
+    assert max(ahead) <= clarify_module._MAX_WAITING + 1  # the waiting ones and the one being handed over
+    assert max(ahead) >= 2  # the caller did build ahead while the sender was busy
+
+
+def test_a_new_hook_can_be_deep_copied() -> None:
+    # Airflow copies tasks, and with them a hook an operator already made: no lock may live on the hook.
+    hook = fast_hook(max_request_bytes=16 * 1024)
+    assert copy.deepcopy(hook).max_request_bytes == 16 * 1024
+
+
+class Abandon(BaseException):
+    """Like Airflow's task time-out: a BaseException raised in the task's thread."""
+
+
+def test_base_exception_in_the_caller_abandons_the_waiting_request(sandbox: ClarifySandbox) -> None:
+    hook = fast_hook(max_request_bytes=16 * 1024, requests_per_second=2.0)
+
+    def frames() -> Iterator[Frame]:
+        yield from minute_frames(1, 1500)  # several requests, paced at 2/s: the sender is still busy
+        raise Abandon
+
+    with pytest.raises(Abandon):
+        hook.insert_frames(frames())
+    assert not sender_threads()
+    handed = len(
+        list(
+            insert_requests(
+                minute_frames(1, 1500)[0], integration_id=sandbox.integration_id, max_bytes=16 * 1024
+            )
+        )
+    )
+    assert len(inserts(sandbox)) < handed  # the request waiting for its slot was dropped, not sent
+    # The hook is usable again afterwards: pacing and retries are not left cancelled.
+    assert hook.insert_frames(minute_frames(1, 10)).requests == 1
+
+
+def test_sender_failure_stops_the_producer(sandbox: ClarifySandbox) -> None:
+    pulled: list[int] = []
+
+    def frames() -> Iterator[Frame]:
+        for number, frame in enumerate(minute_frames(20, 700), start=1):
+            pulled.append(number)
+            yield frame
+
+    sandbox.faults.fail_next(1, status=400, path="/v1/rpc")
+    with pytest.raises(ClarifyRPCError, match="insert request 1 failed; nothing was stored"):
+        fast_hook(max_request_bytes=16 * 1024).insert_frames(frames())
+    assert [r.status for r in sandbox.rpc_calls()] == [400]  # the waiting requests were never sent
+    assert sandbox.signals() == {}
+    # Request 1 in flight, at most 4 waiting and 1 being handed over: 6 requests of 2 per frame.
+    assert len(pulled) <= 3
+    assert not sender_threads()
 
 
 # -- bad input ----------------------------------------------------------------------------------------

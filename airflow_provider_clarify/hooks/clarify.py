@@ -14,8 +14,10 @@ Transport rules (reference/clarify-api.md):
   the same signal and time replaces the stored one), so retrying a request -- or re-running a whole insert
   after a failure -- is safe.
 * Pacing: Clarify allows about one request per second per method; the hook waits for each method's next
-  slot on the client side (``requests_per_second``, default 1; ``None`` turns pacing off). The next request
-  body is built before waiting, so the wait overlaps the work.
+  slot on the client side (``requests_per_second``, default 1; ``None`` turns pacing off).
+* Pipelined inserts: one background thread sends the insert requests, in order, while the caller's thread
+  pulls the next frames and builds the next bodies, so the round trip and the wait for the pacing slot
+  overlap that work. At most four bodies wait while one is in flight; the first failure stops both.
 * Secrets (password, client secret, access token, the Basic credentials) are registered with Airflow's
   secrets masker and are never put into log lines or exception messages; text that comes back from the
   server is scrubbed of them too.
@@ -24,14 +26,16 @@ Transport rules (reference/clarify-api.md):
 from __future__ import annotations
 
 import base64
+import collections
+import functools
 import json
 import re
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import msgspec
 import requests
@@ -76,6 +80,10 @@ _INTEGRATION_PATTERN = re.compile(r"[a-v0-9]{20}", re.ASCII)
 #: Tokens are renewed this long before they expire (or at 10 % of their lifetime when that is shorter).
 _TOKEN_MARGIN = 60.0
 _MESSAGE_MAX = 300
+#: Insert requests that may wait while one is in flight (each at most ``max_request_bytes``). The report
+#: pipeline releases requests in bursts (several sources fill up together); a queue of a few keeps it
+#: parsing during a burst instead of waiting, so the next burst is ready before the queue runs dry.
+_MAX_WAITING = 4
 _MAX_RETRY_AFTER = 300.0
 
 #: (API URL, integration) -> input key -> content hash of the last save view this process saved.
@@ -154,6 +162,79 @@ class _InsertProgress:
         )
 
 
+class _Cancelled(Exception):
+    """A pipelined insert is being abandoned (the caller's thread is unwinding): no further attempt."""
+
+
+class _InsertSender:
+    """Sends insert requests in order from one background thread while the caller builds the next ones.
+
+    The caller hands requests over with :meth:`put`; at most :data:`_MAX_WAITING` wait while one is in
+    flight. The first failure stops the thread and drops the waiting requests (they were never sent); the
+    caller learns of it at its next :meth:`put` or at :meth:`stop`, and then raises it from its own thread.
+
+    :param send: sends one request and records it as stored (runs on the background thread).
+    """
+
+    def __init__(self, send: Callable[[InsertRequest], None]) -> None:
+        self._send = send
+        self._changed = threading.Condition()
+        self._waiting: collections.deque[InsertRequest] = collections.deque()
+        self._closing = False
+        self.handed = 0
+        self.failure: tuple[BaseException, int, InsertRequest] | None = None
+        self._thread = threading.Thread(target=self._run, name="clarify-insert-sender")
+        self._thread.start()
+
+    def put(self, request: InsertRequest) -> bool:
+        """Hand over the next request (waits while the queue is full); False if sending has failed.
+
+        :param request: the next request, in order.
+        """
+        with self._changed:
+            while len(self._waiting) >= _MAX_WAITING and self.failure is None:
+                self._changed.wait()
+            if self.failure is not None:
+                return False
+            self._waiting.append(request)
+            self.handed += 1
+            self._changed.notify_all()
+            return True
+
+    def stop(self, *, cancel: bool = False) -> None:
+        """End the thread once the waiting requests are sent (or, with ``cancel``, dropped) and join it.
+
+        :param cancel: drop the waiting requests instead of sending them.
+        """
+        with self._changed:
+            self._closing = True
+            if cancel:
+                self._waiting.clear()
+            self._changed.notify_all()
+        self._thread.join()
+
+    def _run(self) -> None:
+        number = 0
+        while True:
+            with self._changed:
+                while not self._waiting and not self._closing:
+                    self._changed.wait()
+                if not self._waiting:
+                    return
+                request = self._waiting.popleft()
+                self._changed.notify_all()
+            number += 1
+            try:
+                self._send(request)
+            except BaseException as exc:  # handed to the caller's thread, which raises it
+                with self._changed:
+                    self.failure = (exc, number, request)
+                    self._waiting.clear()
+                    self._changed.notify_all()
+                return
+            del request  # its body is not kept once sent
+
+
 class ClarifyHook(BaseHook):
     """Talk to Clarify's JSON-RPC API: :meth:`insert`, :meth:`save_signals`, :meth:`rpc`.
 
@@ -198,6 +279,7 @@ class ClarifyHook(BaseHook):
         self._token: str | None = None
         self._token_renew_at = 0.0
         self._next_slot: dict[str, float] = {}
+        self._cancel: threading.Event | None = None  # during a pipelined insert; set when it is abandoned
         self._secrets: set[str] = set()
         self._created_keys: set[str] = set()
 
@@ -346,9 +428,10 @@ class ClarifyHook(BaseHook):
         wait = wait_retry_after_or_backoff(
             initial=self.retry_delay, maximum=self.max_retry_delay, max_retry_after=_MAX_RETRY_AFTER
         )
-        return retrying(
+        policy = retrying(
             self._is_retryable, attempts=self.retry_limit + 1, wait=wait, logger=self.log, what=what
         )
+        return policy.copy(sleep=self._sleep)
 
     @staticmethod
     def _is_retryable(exc: BaseException) -> bool:
@@ -451,8 +534,20 @@ class ClarifyHook(BaseHook):
         now = time.monotonic()
         slot = max(now, self._next_slot.get(method, now))
         if slot > now:
-            time.sleep(slot - now)
+            self._sleep(slot - now)
+            if self._abandoned():
+                raise _Cancelled(f"{method} abandoned while waiting for its slot")
         self._next_slot[method] = slot + 1.0 / self.requests_per_second
+
+    def _sleep(self, seconds: float) -> None:
+        """Sleep (pacing, backoff); cut short when a pipelined insert is abandoned."""
+        if self._cancel is None:
+            time.sleep(seconds)
+        else:
+            self._cancel.wait(seconds)
+
+    def _abandoned(self) -> bool:
+        return self._cancel is not None and self._cancel.is_set()
 
     def _post_once(self, body: bytes) -> requests.Response:
         return self._session.post(
@@ -463,6 +558,8 @@ class ClarifyHook(BaseHook):
         )
 
     def _attempt(self, method: str, body: bytes) -> dict[str, Any]:
+        if self._abandoned():
+            raise _Cancelled(f"{method} abandoned before another attempt")
         self._pace(method)
         response = self._post_once(body)
         if response.status_code == 401 and self.settings.auth == "oauth":
@@ -557,32 +654,45 @@ class ClarifyHook(BaseHook):
         """Insert a stream of validated frames, one after the other; return signals and counts over all.
 
         Each frame is split into requests of at most ``max_request_bytes`` (see :mod:`.utils.payload`),
-        sent paced and retried like :meth:`insert`. Frames are pulled one at a time, so memory follows the
-        largest frame, not the stream. A time repeated across frames is simply sent again: Clarify keeps
-        the value inserted last.
+        sent paced and retried like :meth:`insert`, in order. Requests are sent from a background thread
+        while this thread pulls the next frames and builds the next requests (at most four wait while one
+        is in flight), so memory follows the largest frame plus five requests, not the stream. A time
+        repeated across frames is simply sent again: Clarify keeps the value inserted last.
 
         :param frames: validated frames (:func:`~.utils.frames.to_frame`, the report parser, ...); any
             iterable, consumed lazily.
         :param integration_id: the integration to write to; default the connection's.
         :return: the merged ``signalsByInput`` and the numbers of requests, values and merged rows.
         :raises ClarifyRPCError: when a request fails; the message says what all earlier requests stored
-            (requests, values, series, time range) and what the failed request carried.
+            (requests, values, series, time range) and what the failed request carried. Nothing after
+            the failed request is sent.
         """
         check_budget(self.max_request_bytes)
         integration = self._integration(integration_id)
         progress = _InsertProgress()
-        iterator = iter(frames)
-        while True:
-            try:
-                frame = next(iterator)
-            except StopIteration:
-                break
-            except Exception as exc:
-                if progress.requests:
-                    exc.add_note(f"Before this error {progress.stored()}.")
-                raise
-            self._insert_one_frame(frame, integration, progress)
-            del frame  # not kept alive while the next frame is made
+        self._cancel = threading.Event()
+        sender = _InsertSender(functools.partial(self._send_insert, progress=progress))
+        try:
+            iterator = iter(frames)
+            while True:
+                try:
+                    frame = next(iterator)
+                except StopIteration:
+                    break
+                except Exception as exc:
+                    self._finish_sending(sender, progress)  # what was handed over still goes out, as before
+                    if progress.requests:
+                        exc.add_note(f"Before this error {progress.stored()}.")
+                    raise
+                self._queue_frame(frame, integration, progress, sender)
+                del frame  # not kept alive while the next frame is made
+            self._finish_sending(sender, progress)
+        except BaseException:
+            self._cancel.set()  # no new attempt, pacing wait or backoff; only a request in flight ends
+            sender.stop(cancel=True)
+            raise
+        finally:
+            self._cancel = None  # the hook stays copyable (no lock) outside of an insert
         if progress.duplicates:
             self.log.warning(
                 "%d input row(s) repeated an earlier time; merged (last non-null value per series wins)",
@@ -601,34 +711,57 @@ class ClarifyHook(BaseHook):
             duplicates=progress.duplicates,
         )
 
-    def _insert_one_frame(self, frame: Frame, integration: str, progress: _InsertProgress) -> None:
+    def _queue_frame(
+        self, frame: Frame, integration: str, progress: _InsertProgress, sender: _InsertSender
+    ) -> None:
+        """Build the frame's requests and hand them to the sender, raising the sender's failure."""
         progress.frames += 1
         progress.read_points += frame.points
         progress.duplicates += frame.duplicates
         for request in insert_requests(frame, integration_id=integration, max_bytes=self.max_request_bytes):
-            number = progress.requests + 1
-            self.log.info("Clarify %s request %d: %s", INSERT_METHOD, number, request.describe())
-            try:
-                result = self._call(INSERT_METHOD, request.body)
-                merge_signals_by_input(progress.signals, result, request.keys)
-            except (ClarifyRPCError, ValueError) as exc:
-                detail = (
-                    f"insert request {number} failed; {progress.stored()}. "
-                    f"The failed request carried {request.describe()}. "
-                    "Inserts are idempotent: running the whole insert again is safe."
-                )
-                if isinstance(exc, ClarifyRPCError):
-                    raise ClarifyRPCError(
-                        code=exc.code,
-                        message=f"{exc.message} -- {detail}",
-                        params=exc.params,
-                        trace=exc.trace,
-                        method=INSERT_METHOD,
-                    ) from exc
-                raise ClarifyRPCError(code=502, message=f"unexpected answer: {exc} -- {detail}") from exc
-            progress.add(request)
-            self._created_keys.update(k for k in request.keys if progress.signals[k].get("created"))
+            self.log.info("Clarify %s request %d: %s", INSERT_METHOD, sender.handed + 1, request.describe())
+            if not sender.put(request):
+                self._finish_sending(sender, progress)
             del request  # its body is not kept while the next one is built
+
+    def _send_insert(self, request: InsertRequest, progress: _InsertProgress) -> None:
+        """Send one insert request and record it as stored (on the sender's thread)."""
+        result = self._call(INSERT_METHOD, request.body)
+        merge_signals_by_input(progress.signals, result, request.keys)
+        progress.add(request)
+        self._created_keys.update(k for k in request.keys if progress.signals[k].get("created"))
+
+    def _finish_sending(self, sender: _InsertSender, progress: _InsertProgress) -> None:
+        """Let the sender send what it holds and end; raise its failure, saying what was stored."""
+        sender.stop()
+        if sender.failure is None:
+            return
+        exc, number, request = sender.failure
+        if not isinstance(exc, ClarifyRPCError | ValueError):
+            raise exc
+        self._raise_insert_failure(exc, number, request, progress)
+
+    def _raise_insert_failure(
+        self,
+        exc: ClarifyRPCError | ValueError,
+        number: int,
+        request: InsertRequest,
+        progress: _InsertProgress,
+    ) -> NoReturn:
+        detail = (
+            f"insert request {number} failed; {progress.stored()}. "
+            f"The failed request carried {request.describe()}. "
+            "Inserts are idempotent: running the whole insert again is safe."
+        )
+        if isinstance(exc, ClarifyRPCError):
+            raise ClarifyRPCError(
+                code=exc.code,
+                message=f"{exc.message} -- {detail}",
+                params=exc.params,
+                trace=exc.trace,
+                method=INSERT_METHOD,
+            ) from exc
+        raise ClarifyRPCError(code=502, message=f"unexpected answer: {exc} -- {detail}") from exc
 
     def save_signals(
         self,

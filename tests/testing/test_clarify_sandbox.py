@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -18,6 +19,8 @@ from airflow_provider_clarify.testing.clarify import (
     DEFAULT_INTEGRATION_ID,
     DEFAULT_PASSWORD,
     ClarifySandbox,
+    _timestamp_us,
+    _utc_times_us,
 )
 
 if TYPE_CHECKING:
@@ -347,6 +350,100 @@ def test_near_limit_body_of_8_mib_is_accepted(server: ClarifySandbox) -> None:
     assert response.json()["result"]["signalsByInput"]["s2"]["created"] is True
     assert len(server.points("s2")) == n
     assert server.rpc_calls()[0].info["points"] == 3 * n
+
+
+def _common_form(rng: random.Random, width: int) -> str:
+    """A string in the fast path's form (``YYYY-MM-DDTHH:MM:SS[.f]Z``) with random, often invalid, fields."""
+    fraction = "." + "".join(rng.choice("0123456789") for _ in range(width - 21)) if width > 20 else ""
+    fields = [
+        rng.choice(["0000", "0001", "1969", "2000", "2023", "2024", "2100", "9999"]),
+        rng.choice(["00", "01", "02", "04", "12", "13"]),
+        rng.choice(["00", "01", "28", "29", "30", "31", "32"]),
+        rng.choice(["00", "23", "24"]),
+        rng.choice(["00", "59", "60"]),
+        rng.choice(["00", "59", "60", "99"]),
+    ]
+    return "{}-{}-{}T{}:{}:{}".format(*fields) + fraction + "Z"
+
+
+def test_vectorised_time_check_accepts_exactly_what_the_per_item_parser_accepts() -> None:
+    rng = random.Random(6)
+    samples = [_common_form(rng, rng.choice([20, 22, 24, 27])) for _ in range(4000)]
+    samples += [
+        "2024-03-01T00:00:00z",
+        "2024-03-01t00:00:00Z",
+        "2024-03-01T00:00:00+00:00",
+        "2024-03-01T00:00:0xZ",
+    ]
+    valid: list[str] = []
+    for text in samples:
+        fast = _utc_times_us([text])
+        try:
+            expected = _timestamp_us(text)
+        except ValueError:
+            assert fast is None, text
+            continue
+        if text.endswith("Z") and "T" in text:
+            assert fast is not None, text  # the common form is taken by the fast path ...
+            assert fast.tolist() == [expected], text  # ... with the same result
+            valid.append(text)
+    assert len(valid) > 100  # the sample has enough valid times to mean something
+    by_width = {len(v): [v] for v in valid}
+    for text in valid:
+        by_width[len(text)].append(text)
+    for texts in by_width.values():
+        unique = sorted(set(texts), key=_timestamp_us)
+        assert _utc_times_us(unique).tolist() == [_timestamp_us(t) for t in unique]  # type: ignore[union-attr]
+        assert _utc_times_us([*unique, unique[0]]) is None  # a repeated instant is left to the slow check
+    assert _utc_times_us(["2024-03-01T00:00:00Z", "2024-03-01T00:00:00.5Z"]) is None  # mixed widths
+    assert _utc_times_us(["2024-03-01T00:00:00Z", 1]) is None
+    assert _utc_times_us(["2024-03-01T00:00:00\u00e9"]) is None
+
+
+def test_repeated_instant_in_a_large_insert_names_both_positions(server: ClarifySandbox) -> None:
+    times = [f"2024-01-01T{i // 3600:02d}:{i // 60 % 60:02d}:{i % 60:02d}Z" for i in range(20_000)]
+    times[15_000] = times[1234]
+    error = insert(server, times, {"a": [1.0] * len(times)})["error"]
+    assert error["data"]["params"] == {
+        "data.times[15000]": ["duplicate timestamp (same instant as data.times[1234])"]
+    }
+    assert server.signals() == {}
+
+
+@pytest.mark.parametrize(
+    ("literal", "message"), [("1e400", "Infinity is not allowed"), ("-1e400", "-Infinity is not allowed")]
+)
+def test_literal_beyond_float_range_is_rejected_as_infinite(
+    server: ClarifySandbox, literal: str, message: str
+) -> None:
+    params = {"integration": server.integration_id, "data": {"times": [T0, T1], "series": {"x": [1.0, 0]}}}
+    raw = json.dumps({"jsonrpc": "2.0", "id": 7, "method": "integration.insert", "params": params})
+    body = post(server, raw.replace("[1.0, 0]", f"[1.0, {literal}]").encode()).json()
+    assert body["error"]["data"]["params"] == {"data.series.x[1]": [message]}
+
+
+def test_large_inserts_read_back_exactly_with_later_values_winning(server: ClarifySandbox) -> None:
+    rng = random.Random(7)
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    expected: dict[str, dict[datetime, float]] = {"a": {}, "b": {}}
+    sent: list[int] = []
+    for first, count, whole in ((0, 30_000, False), (20_000, 30_000, False), (25_000, 10, True)):
+        moments = [start + timedelta(seconds=first + i, microseconds=i % 7 * 1000) for i in range(count)]
+        times = [m.isoformat(timespec="microseconds").replace("+00:00", "Z") for m in moments]
+        series: dict[str, list[Any]] = {}
+        for key in expected:
+            # floats and nulls (the vectorised check), or whole numbers (the per-value check)
+            values: list[Any] = [
+                None if rng.random() < 0.1 else (rng.randint(-5, 5) if whole else rng.uniform(-1e6, 1e6))
+                for _ in moments
+            ]
+            series[key] = values
+            expected[key].update({m: float(v) for m, v in zip(moments, values, strict=True) if v is not None})
+        assert "result" in insert(server, times, series)
+        sent.append(sum(v is not None for values in series.values() for v in values))
+    for key, points in expected.items():
+        assert server.points(key) == dict(sorted(points.items()))
+    assert [call.info["points"] for call in server.rpc_calls("integration.insert")] == sent
 
 
 def test_oversize_body_is_413_and_not_processed() -> None:
