@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -17,7 +19,9 @@ from airflow_provider_clarify.utils.payload import (
     group_series,
     insert_requests,
     merge_signals_by_input,
+    request_sizes,
     save_signals_requests,
+    value_widths,
 )
 from airflow_provider_clarify.utils.signals import (
     HASH_ANNOTATION,
@@ -192,6 +196,52 @@ def test_wide_groups_are_split_by_series() -> None:
     assert all(len(r.body) <= budget for r in requests)
     assert all(len(r.keys) < width for r in requests)
     assert _decoded(requests) == _expected(frame)
+
+
+def _mixed_values(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Report-like decimals and every kind of float text: integers, long fractions, exponents, extremes."""
+    values = np.concatenate(
+        [
+            np.round(rng.uniform(-500, 500, n), 2),
+            np.round(rng.uniform(0, 5, n), 4) / 10.0 ** rng.integers(0, 5, n),
+            rng.uniform(-1e3, 1e3, n),
+            rng.standard_normal(n) * 10.0 ** rng.integers(-30, 30, n),
+            np.round(rng.uniform(0, 1e15, n), 1),
+            rng.integers(-(2**53), 2**53, n).astype(np.float64),
+            np.frombuffer(rng.bytes(8 * n), dtype=np.float64),
+            [0.0, -0.0, 1e-3, 9.99e-4, 1e15, 999999999999999.9, 5e-324, 1.7976931348623157e308, 0.3, 1 / 3],
+        ]
+    )
+    values[~np.isfinite(values)] = np.nan
+    values[rng.random(len(values)) < 0.1] = np.nan
+    return values
+
+
+def test_value_widths_are_the_lengths_of_the_encoded_values() -> None:
+    values = _mixed_values(np.random.default_rng(11), 20_000)
+    # The bodies' encoder, one value at a time (NaN: null).
+    encoded = [len(msgspec.json.encode(None if math.isnan(v) else v)) for v in values.tolist()]
+    assert value_widths(values).tolist() == encoded
+    assert value_widths(np.array([], dtype=np.float64)).tolist() == []
+
+
+@pytest.mark.parametrize("budget", [4096, 16 * 1024, 256 * 1024])
+def test_request_sizes_are_those_of_insert_requests(budget: int) -> None:
+    rng = np.random.default_rng(5)
+    n = 6000
+    times = np.sort(rng.choice(np.arange(n * 3, dtype=np.int64), n, replace=False)) * 1_000 + T0  # ms
+    values = _mixed_values(rng, n // 7)[:n]
+    series = {f"site-{i}.pm2_5": np.roll(values, i * 13) for i in range(5)}
+    series["site-1.pm2_5"][rng.random(n) < 0.5] = np.nan  # its own group
+    series["site-3.pm2_5"][rng.random(n) < 0.05] = np.nan  # shares the axis, with nulls
+    series.update({f"wide-{i:03d}.with-a-long-key-to-split-the-group": np.full(n, 1.5) for i in range(40)})
+    frame = Frame(times=times, series=series)
+    widths = {key: value_widths(column) for key, column in frame.series.items()}
+    sized = list(request_sizes(frame, widths, integration_id=INTEGRATION, max_bytes=budget, request_id=7))
+    built = list(insert_requests(frame, integration_id=INTEGRATION, max_bytes=budget, request_id=7))
+    assert len(built) > 3
+    assert len({r.keys for r in built}) > 2  # several groups, the wide one split by series
+    assert [(r.keys, r.start_us, r.size) for r in sized] == [(r.keys, r.start_us, len(r.body)) for r in built]
 
 
 def test_budget_limits() -> None:

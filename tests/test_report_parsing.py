@@ -743,3 +743,38 @@ def test_bounded_memory_on_a_large_minute_report(tmp_path: Path) -> None:
     assert largest_frame <= parser.batch_rows
     assert parser.stats.batches >= parser.stats.rows // parser.batch_rows
     assert peak < 150 * 2**20, f"peak Arrow allocation {peak / 2**20:.0f} MiB"
+
+
+# -- many Arrow blocks, corrupt files ----------------------------------------------------------------
+def many_rows(count: int) -> bytes:
+    """The minute report's header and ``count`` rows of one node (several Arrow blocks)."""
+    row = (
+        "DAAAA1111,AAAAAAA1,CLARITY_NODE,minute,{time},41.8,-87.7,"
+        "valid,[],1.5,calibrated-ready,{value},valid,[],10.2,calibrated-ready,8.25\n"
+    )
+    start = datetime(2024, 7, 1, tzinfo=UTC)
+    rows = "".join(
+        row.format(time=(start + timedelta(minutes=i)).isoformat().replace("+00:00", "Z"), value=i / 4)
+        for i in range(count)
+    )
+    return (MINUTE_HEADER + rows).encode()
+
+
+def test_every_row_of_many_blocks_comes_out_once_in_order() -> None:
+    frames = list(ReportParser(batch_rows=333).iter_frames(one_way(gzip.compress(many_rows(20_000)))))
+    values = collect(frames)["DAAAA1111.no2ConcIndividual"]
+    assert list(values.values()) == [i / 4 for i in range(20_000)]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(gzip.compress(MINUTE_CSV)[:10] + b"\xff" * 40, id="bad deflate data in the header"),
+        pytest.param(gzip.compress(MINUTE_CSV)[:-30], id="cut in the rows"),
+    ],
+)
+def test_corrupt_gzip_raises_os_error(data: bytes) -> None:
+    # OSError (and Arrow's errors) is what the transfer reports as "corrupt or truncated".
+    message = r"zlib inflate failed: .*invalid block type|Truncated compressed stream"
+    with pytest.raises(OSError, match=message):
+        list(ReportParser().iter_frames(one_way(data)))

@@ -7,6 +7,7 @@ sandbox generated (``ClaritySandbox.report_table``: every cell as the CSV text) 
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -492,6 +493,11 @@ def test_insert_frames_failure_says_what_all_frames_stored(clarify: ClarifySandb
     def stream() -> Iterator[Frame]:
         for number, item in enumerate(frames):
             if number == 2:  # the third frame's first request will be refused
+                # The hook sends from its own thread while it pulls the next frame: wait until the four
+                # requests of the first two frames are in, so the error is for the third frame's first.
+                deadline = time.monotonic() + 30
+                while len(inserts(clarify)) < 4 and time.monotonic() < deadline:
+                    time.sleep(0.01)
                 clarify.rpc_error_next(1, code=-32602, message="Invalid params")
             yield item
 

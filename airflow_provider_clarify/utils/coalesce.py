@@ -13,14 +13,14 @@ Rules:
   time with milliseconds and its comma take 27 bytes; a value with its comma 5 to 8 (``12.41,``, ``null,``,
   ``1013.25,``). Cheap, and close for report data (decimals with few digits).
 * **Release.** A buffer whose estimate reaches ``target_requests × max_request_bytes`` is merged
-  (:func:`~.frames.merge_frames`) and packed exactly as the hook will pack it
-  (:func:`~.payload.insert_requests`). Per series group, the values of a last request that is less than
-  :data:`FULL_REQUEST` full stay in the buffer, to be completed by later rows; the rest is packed again to
-  check it (a different set of rows can group differently) and released, so it makes full requests. When
-  nothing fills a request yet, the buffer waits until it has grown by a quarter request. Releases are
-  kept small (a little more than one request by default), as packing takes several times a frame's size
-  in memory. Packing more than once costs CPU time that the hook's pacing hides: the next body is
-  prepared while it waits for its slot.
+  (:func:`~.frames.merge_frames`) and sized exactly as the hook will pack it
+  (:func:`~.payload.request_sizes`: the same grouping and cuts as :func:`~.payload.insert_requests`, from
+  the width of each value's JSON text, measured once per release, without building a body). Per series
+  group, the values of a last request that is less than :data:`FULL_REQUEST` full stay in the buffer, to
+  be completed by later rows; the rest is sized again (a different set of rows can group differently)
+  and released, so it makes full requests. When nothing fills a request yet, the buffer waits until it
+  has grown by a quarter request. Releases are kept small (a little more than one request by default),
+  as the hook's packing takes several times a frame's size in memory.
 * **Shared time axes.** A released buffer takes along, up to the target size, the buffers whose time axes
   are identical to its own (hour and day reports: every source has the same periods), so their series
   share requests instead of each source sending a small one. Axes are compared by a running hash.
@@ -43,7 +43,13 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 
 from airflow_provider_clarify.utils.frames import Frame, merge_frames
-from airflow_provider_clarify.utils.payload import DEFAULT_REQUEST_BYTES, check_budget, insert_requests
+from airflow_provider_clarify.utils.payload import (
+    DEFAULT_REQUEST_BYTES,
+    NULL_WIDTH,
+    check_budget,
+    request_sizes,
+    value_widths,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -60,7 +66,7 @@ _RETRY_STEP = 0.25
 DEFAULT_MAX_BUFFERED_BYTES = 4 * 1024 * 1024
 #: A request at least this full (of the byte budget) counts as full.
 FULL_REQUEST = 0.9
-#: How many times a release is packed to find and check its full requests.
+#: How many times a release is sized to find and check its full requests.
 _PACKING_ROUNDS = 3
 # Request sizes depend on the integration id only through its length, which is always 20 characters.
 _SIZING_INTEGRATION = "0" * 20
@@ -271,35 +277,39 @@ class _Coalescer:
 
 def _split_full_requests(parts: list[Frame], max_request_bytes: int) -> tuple[Frame | None, Frame | None]:
     """Merge ``parts`` (the list is emptied, to free them) and split the result into ``(values that make
-    full requests, the rest)``, packing like the hook; ``None`` for an empty part.
+    full requests, the rest)``, sized exactly like the hook packs; ``None`` for an empty part.
 
     Per series group, a last request less than :data:`FULL_REQUEST` full is held back (all of a group that
-    fits in one such request). The part released is packed again, as its rows may group differently, up to
-    :data:`_PACKING_ROUNDS` times in all.
+    fits in one such request). The part released is sized again, as its rows may group differently, up to
+    :data:`_PACKING_ROUNDS` times in all. The width of each value's text is measured once per release
+    (:func:`~.payload.value_widths`); the rounds only add widths up (:func:`~.payload.request_sizes`).
     """
     head: Frame | None = merge_frames(parts)
     parts.clear()
+    assert head is not None
+    widths = {key: value_widths(column) for key, column in head.series.items()}
     kept: list[Frame] = []
     for _ in range(_PACKING_ROUNDS):
-        assert head is not None
-        cuts = _partial_cuts(head, max_request_bytes)
+        cuts = _partial_cuts(head, widths, max_request_bytes)
         if not cuts:
             break
-        head, rest = _split(head, cuts)
+        released, rest, widths = _split(head, cuts, widths)
         kept.append(rest)
-        if head is None:
+        if released is None:
             return None, merge_frames(kept)
+        head = released
     return head, merge_frames(kept) if kept else None
 
 
-def _partial_cuts(frame: Frame, max_request_bytes: int) -> dict[str, int]:
+def _partial_cuts(frame: Frame, widths: dict[str, np.ndarray], max_request_bytes: int) -> dict[str, int]:
     """Key -> index of the first row held back, for the series groups whose last request is not full."""
     starts: dict[tuple[str, ...], list[int]] = {}
     last_size: dict[tuple[str, ...], int] = {}
-    for request in insert_requests(frame, integration_id=_SIZING_INTEGRATION, max_bytes=max_request_bytes):
+    for request in request_sizes(
+        frame, widths, integration_id=_SIZING_INTEGRATION, max_bytes=max_request_bytes
+    ):
         starts.setdefault(request.keys, []).append(request.start_us)
-        last_size[request.keys] = len(request.body)
-        del request  # its body is not kept while the next one is built
+        last_size[request.keys] = request.size
     cuts: dict[str, int] = {}
     for keys, group in starts.items():
         if last_size[keys] < FULL_REQUEST * max_request_bytes:
@@ -308,9 +318,12 @@ def _partial_cuts(frame: Frame, max_request_bytes: int) -> dict[str, int]:
     return cuts
 
 
-def _split(frame: Frame, cuts: dict[str, int]) -> tuple[Frame | None, Frame]:
-    """``(frame without the held-back values or None, the held-back values)``: for each key in ``cuts``,
-    the values from its cut row on are held back. Only the two results are allocated (no full copies)."""
+def _split(
+    frame: Frame, cuts: dict[str, int], widths: dict[str, np.ndarray]
+) -> tuple[Frame | None, Frame, dict[str, np.ndarray]]:
+    """``(frame without the held-back values or None, the held-back values, the value widths of the
+    first)``: for each key in ``cuts``, the values from its cut row on are held back. Only the results are
+    allocated (no full copies)."""
     rows = len(frame)
     head_rows = np.zeros(rows, dtype=bool)
     tail_rows = np.zeros(rows, dtype=bool)
@@ -322,6 +335,7 @@ def _split(frame: Frame, cuts: dict[str, int]) -> tuple[Frame | None, Frame]:
     head_at, tail_at = np.flatnonzero(head_rows), np.flatnonzero(tail_rows)
     head: dict[str, np.ndarray] = {}
     tail: dict[str, np.ndarray] = {}
+    head_widths: dict[str, np.ndarray] = {}
     for key, values in frame.series.items():
         cut = cuts.get(key, rows)
         for part, at, keep in ((head, head_at, head_at < cut), (tail, tail_at, tail_at >= cut)):
@@ -329,5 +343,8 @@ def _split(frame: Frame, cuts: dict[str, int]) -> tuple[Frame | None, Frame]:
             column[~keep] = np.nan
             if not np.isnan(column).all():
                 part[key] = column
+        if key in head:
+            head_widths[key] = widths[key][head_at]
+            head_widths[key][np.isnan(head[key])] = NULL_WIDTH
     released = Frame(times=frame.times[head_at], series=head, duplicates=frame.duplicates) if head else None
-    return released, Frame(times=frame.times[tail_at], series=tail)
+    return released, Frame(times=frame.times[tail_at], series=tail), head_widths

@@ -16,6 +16,8 @@ The insert hot path, in three steps:
 3. **Chunking** (:func:`insert_requests`). Each group is cut into consecutive time ranges whose *whole*
    request body (JSON-RPC envelope included) stays within ``max_bytes``; sizes are exact, not estimated.
    A group whose single row would be too large a share of the budget is first split by series.
+   :func:`request_sizes` makes the same cuts and gives the same sizes from the width of each value's text
+   (:func:`value_widths`, mostly computed without writing the text), without building a body.
 
 Bodies are produced lazily, one request at a time, so the caller can prepare the next body while it waits
 for its rate-limit slot; memory stays at the encoded size of one group.
@@ -27,7 +29,8 @@ import functools
 import hashlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from itertools import pairwise
+from typing import Any, TypeVar
 
 import msgspec
 import numpy as np
@@ -50,6 +53,12 @@ _CANDIDATES = 8  # exact merge checks per group (after a vectorised pre-filter)
 
 _encode = msgspec.json.encode
 _COMMA = ord(",")
+#: Bytes of a missing value's JSON text (``null``), as :func:`value_widths` counts it.
+NULL_WIDTH = len(b"null")
+#: The encoder writes magnitudes in this range as plain decimals (no exponent).
+_POSITIONAL_MIN, _POSITIONAL_MAX = 1e-3, 1e15
+_POWERS_OF_TEN = 10.0 ** np.arange(16)  # all exact
+_EXACT_SCALED = 2.0**49
 
 
 @dataclass(frozen=True)
@@ -266,6 +275,18 @@ def _dates(days: np.ndarray) -> np.ndarray:
     return dates[days - first] if gather else dates
 
 
+def _fraction_digits(fraction: np.ndarray) -> int:
+    """The shortest exact precision (0, 3 or 6 digits) of the sub-second parts, in microseconds."""
+    if not fraction.any():
+        return 0
+    return 3 if not (fraction % 1000).any() else 6
+
+
+def _time_width(frac_digits: int) -> int:
+    """Bytes of one encoded time with its quotes and comma."""
+    return 20 + (frac_digits + 1 if frac_digits else 0) + 3
+
+
 def encode_times(us: np.ndarray) -> tuple[bytes, int]:
     """Encode times as the inside of a JSON array of RFC 3339 UTC strings, every element the same width.
 
@@ -280,13 +301,10 @@ def encode_times(us: np.ndarray) -> tuple[bytes, int]:
     """
     seconds = np.floor_divide(us, 1_000_000)
     fraction = us - seconds * 1_000_000
-    if not fraction.any():
-        frac_digits = 0
-    elif not (fraction % 1000).any():
-        frac_digits, fraction = 3, fraction // 1000
-    else:
-        frac_digits = 6
-    width = 20 + (frac_digits + 1 if frac_digits else 0) + 3  # quotes and comma
+    frac_digits = _fraction_digits(fraction)
+    if frac_digits == 3:
+        fraction = fraction // 1000
+    width = _time_width(frac_digits)
     if not len(us):
         return b"", width
     days = np.floor_divide(seconds, 86_400)
@@ -316,40 +334,119 @@ def encode_times(us: np.ndarray) -> tuple[bytes, int]:
 
 
 @dataclass(frozen=True)
-class _EncodedSeries:
+class _SizedSeries:
     name: str
     key: bytes  # JSON string of the key
+    widths: np.ndarray  # bytes of each element's JSON text (without its comma)
+
+
+@dataclass(frozen=True)
+class _EncodedSeries(_SizedSeries):
     buffer: bytes  # JSON array of the values
     starts: np.ndarray  # byte offset of each element in buffer
-    ends: np.ndarray  # byte offset just after each element
     present: np.ndarray  # bool: element is a value (not null)
+
+
+_S = TypeVar("_S", bound=_SizedSeries)
 
 
 def _encode_values(key: str, values: np.ndarray) -> _EncodedSeries:
     buffer = _encode(values.tolist())  # NaN -> null; floats in shortest round-trip form
     commas = np.flatnonzero(np.frombuffer(buffer, dtype=np.uint8) == _COMMA)
     starts = np.empty(len(values), np.int64)
-    ends = np.empty(len(values), np.int64)
     starts[0] = 1
     starts[1:] = commas + 1
-    ends[:-1] = commas
-    ends[-1] = len(buffer) - 1
-    return _EncodedSeries(key, _encode(key), buffer, starts, ends, ~np.isnan(values))
+    widths = np.empty(len(values), np.uint8)  # at most 24 (``-1.2345678901234567e-300``)
+    np.subtract(commas, starts[:-1], out=widths[:-1], casting="unsafe")
+    widths[-1] = len(buffer) - 1 - starts[-1]
+    return _EncodedSeries(key, _encode(key), widths, buffer, starts, ~np.isnan(values))
 
 
-def _split_columns(encoded: list[_EncodedSeries], limit: int) -> list[list[_EncodedSeries]]:
+def value_widths(values: np.ndarray) -> np.ndarray:
+    """The bytes of each value's JSON text in an insert body (``null``: 4), for :func:`request_sizes`.
+
+    Computed without writing the text, for the values written as decimals without an exponent (magnitudes
+    from 0.001 to below 10**15): a value needs ``d`` fraction digits when ``d`` is the smallest count for
+    which ``rint(v * 10**d) / 10**d == v``, that is, for which the nearest decimal of ``d`` digits reads
+    back as ``v`` (exact: the scaled value stays below 2**49, so the product's rounding error cannot
+    change the nearest integer, and the division of two exact numbers is rounded like a parser rounds).
+    That is the shortest round-trip text the encoder writes. Other values are encoded to measure them.
+
+    :param values: float64 values, NaN where there is no value.
+    """
+    widths = np.full(len(values), NULL_WIDTH, np.uint8)
+    resolved = np.isnan(values)
+    magnitude = np.abs(values)
+    at = np.flatnonzero((magnitude >= _POSITIONAL_MIN) & (magnitude < _POSITIONAL_MAX))
+    left, magnitude = values[at], magnitude[at]
+    fixed = np.maximum(np.searchsorted(_POWERS_OF_TEN, magnitude, side="right"), 1) + 1  # digits, point
+    fixed += left < 0
+    for digits, scale in enumerate(_POWERS_OF_TEN):
+        exact = np.rint(left * scale) / scale == left
+        widths[at[exact]] = fixed[exact] + max(digits, 1)
+        resolved[at[exact]] = True
+        more = ~exact & (magnitude * (10 * scale) < _EXACT_SCALED)  # the next round stays exact
+        if not more.any():
+            break
+        at, left, fixed, magnitude = at[more], left[more], fixed[more], magnitude[more]
+    rest = np.flatnonzero(~resolved)
+    if len(rest):
+        widths[rest] = _encode_values("", values[rest]).widths
+    return widths
+
+
+def _split_columns(encoded: list[_S], limit: int) -> list[list[_S]]:
     """Consecutive subsets whose one-row cost (key, brackets, widest value) stays within ``limit``."""
-    subsets: list[list[_EncodedSeries]] = [[]]
+    subsets: list[list[_S]] = [[]]
     cost = 0
     for item in encoded:
-        widest = int((item.ends - item.starts).max()) + 1
-        item_cost = len(item.key) + 4 + widest
+        item_cost = len(item.key) + 4 + int(item.widths.max()) + 1
         if subsets[-1] and cost + item_cost > limit:
             subsets.append([])
             cost = 0
         subsets[-1].append(item)
         cost += item_cost
     return subsets
+
+
+@dataclass(frozen=True)
+class _Cuts:
+    """Where the requests of one group subset start and stop (rows), and their exact body sizes."""
+
+    bounds: list[int]  # row where each request starts, then the end
+    cum_cost: np.ndarray  # bytes of the rows before each row (times and values, commas included)
+    fixed: int  # bytes of a body besides its rows
+
+    def size(self, index: int) -> int:
+        return self.fixed + int(self.cum_cost[self.bounds[index + 1]] - self.cum_cost[self.bounds[index]])
+
+
+_OPENING, _MIDDLE, _CLOSING = b'{"times":[', b'],"series":{', b"}}"
+
+
+def _cut_rows(
+    time_width: int, columns: Sequence[_SizedSeries], *, envelope: int, max_bytes: int, keys: tuple[str, ...]
+) -> _Cuts:
+    """Cut the rows into consecutive ranges whose whole body (``envelope`` bytes of JSON-RPC around the
+    data) stays within ``max_bytes``, each range as long as possible."""
+    n = len(columns[0].widths)
+    row_cost = np.full(n, time_width, np.int64)
+    for item in columns:
+        row_cost += item.widths + 1
+    cum_cost = np.zeros(n + 1, np.int64)
+    np.cumsum(row_cost, out=cum_cost[1:])
+    fixed = envelope + len(_OPENING) + len(_MIDDLE) + len(_CLOSING) - 1  # minus the last times comma
+    fixed += sum(len(item.key) + 3 - 1 for item in columns) + len(columns) - 1  # key:[...] minus last comma
+    bounds = [0]
+    while bounds[-1] < n:
+        start = bounds[-1]
+        stop = int(np.searchsorted(cum_cost, cum_cost[start] + max_bytes - fixed, side="right")) - 1
+        if stop <= start:
+            raise ValueError(
+                f"max_request_bytes={max_bytes} is too small for one row of series {list(keys)[:5]}"
+            )
+        bounds.append(stop)
+    return _Cuts(bounds, cum_cost, fixed)
 
 
 def _frame_requests(
@@ -362,36 +459,22 @@ def _frame_requests(
     max_bytes: int,
 ) -> Iterator[InsertRequest]:
     time_buffer, width = encode_times(times)
-    n = len(times)
-    row_cost = np.full(n, width, np.int64)
-    points_per_row = np.zeros(n, np.int64)
+    cuts = _cut_rows(width, columns, envelope=len(head) + len(tail), max_bytes=max_bytes, keys=keys)
+    points_per_row = np.zeros(len(times), np.int64)
     for item in columns:
-        row_cost += item.ends - item.starts + 1
         points_per_row += item.present
-    cum_cost = np.zeros(n + 1, np.int64)
-    np.cumsum(row_cost, out=cum_cost[1:])
-    cum_points = np.zeros(n + 1, np.int64)
+    cum_points = np.zeros(len(times) + 1, np.int64)
     np.cumsum(points_per_row, out=cum_points[1:])
-    opening, middle, closing = b'{"times":[', b'],"series":{', b"}}"
-    fixed = (
-        len(head) + len(opening) + len(middle) + len(closing) + len(tail) - 1
-    )  # minus the last times comma
-    fixed += sum(len(item.key) + 3 - 1 for item in columns) + len(columns) - 1  # key:[...] minus last comma
-    start = 0
-    while start < n:
-        stop = int(np.searchsorted(cum_cost, cum_cost[start] + max_bytes - fixed, side="right")) - 1
-        if stop <= start:
-            raise ValueError(
-                f"max_request_bytes={max_bytes} is too small for one row of series {list(keys)[:5]}"
-            )
-        parts = [head, opening, time_buffer[start * width : stop * width - 1], middle]
+    for index, (start, stop) in enumerate(pairwise(cuts.bounds)):
+        parts = [head, _OPENING, time_buffer[start * width : stop * width - 1], _MIDDLE]
         for i, item in enumerate(columns):
             if i:
                 parts.append(b",")
-            parts += [item.key, b":[", item.buffer[item.starts[start] : item.ends[stop - 1]], b"]"]
-        parts += [closing, tail]
+            end = int(item.starts[stop - 1] + item.widths[stop - 1])
+            parts += [item.key, b":[", item.buffer[item.starts[start] : end], b"]"]
+        parts += [_CLOSING, tail]
         body = b"".join(parts)
-        expected = fixed + int(cum_cost[stop] - cum_cost[start])
+        expected = cuts.size(index)
         assert len(body) == expected <= max_bytes, (len(body), expected, max_bytes)
         yield InsertRequest(
             body=body,
@@ -401,7 +484,11 @@ def _frame_requests(
             times=stop - start,
             points=int(cum_points[stop] - cum_points[start]),
         )
-        start = stop
+
+
+def _insert_envelope(integration_id: str, request_id: str | int) -> tuple[bytes, bytes]:
+    head, tail = rpc_envelope(INSERT_METHOD, request_id)
+    return head + b'{"integration":' + _encode(integration_id) + b',"data":', b"}" + tail
 
 
 def insert_requests(
@@ -424,9 +511,7 @@ def insert_requests(
     :param max_null_fraction: see :func:`group_series`.
     """
     check_budget(max_bytes)
-    head, tail = rpc_envelope(INSERT_METHOD, request_id)
-    head += b'{"integration":' + _encode(integration_id) + b',"data":'
-    tail = b"}" + tail
+    head, tail = _insert_envelope(integration_id, request_id)
     row_limit = max_bytes // _MIN_ROWS_SHARE
     for group in group_series(frame, max_null_fraction=max_null_fraction):
         times = frame.times[group.positions]
@@ -434,6 +519,56 @@ def insert_requests(
         for subset in _split_columns(encoded, row_limit):
             keys = tuple(item.name for item in subset)
             yield from _frame_requests(times, subset, keys=keys, head=head, tail=tail, max_bytes=max_bytes)
+
+
+@dataclass(frozen=True)
+class RequestSize:
+    """Where one ``integration.insert`` request of :func:`insert_requests` starts, and its size.
+
+    :param keys: the input keys in it.
+    :param start_us: its first time (µs since the epoch, UTC).
+    :param size: the bytes of its body.
+    """
+
+    keys: tuple[str, ...]
+    start_us: int
+    size: int
+
+
+def request_sizes(
+    frame: Frame,
+    widths: Mapping[str, np.ndarray],
+    *,
+    integration_id: str,
+    max_bytes: int = DEFAULT_REQUEST_BYTES,
+    request_id: str | int = 1,
+    max_null_fraction: float = DEFAULT_MAX_NULL_FRACTION,
+) -> Iterator[RequestSize]:
+    """The requests :func:`insert_requests` makes of ``frame``, in the same order, with their exact sizes,
+    from the width of each value's text instead of the text: no body is built, no value encoded.
+
+    :param frame: the validated frame.
+    :param widths: input key -> :func:`value_widths` of the frame's series (one per time).
+    :param integration_id: as for :func:`insert_requests`; only its encoded length matters.
+    :param max_bytes: as for :func:`insert_requests`.
+    :param request_id: as for :func:`insert_requests`.
+    :param max_null_fraction: as for :func:`insert_requests`.
+    """
+    check_budget(max_bytes)
+    head, tail = _insert_envelope(integration_id, request_id)
+    row_limit = max_bytes // _MIN_ROWS_SHARE
+    for group in group_series(frame, max_null_fraction=max_null_fraction):
+        times = frame.times[group.positions]
+        seconds = np.floor_divide(times, 1_000_000)
+        time_width = _time_width(_fraction_digits(times - seconds * 1_000_000))
+        sized = [_SizedSeries(key, _encode(key), widths[key][group.positions]) for key in group.keys]
+        for subset in _split_columns(sized, row_limit):
+            keys = tuple(item.name for item in subset)
+            cuts = _cut_rows(
+                time_width, subset, envelope=len(head) + len(tail), max_bytes=max_bytes, keys=keys
+            )
+            for index, start in enumerate(cuts.bounds[:-1]):
+                yield RequestSize(keys=keys, start_us=int(times[start]), size=cuts.size(index))
 
 
 # -- saveSignals ---------------------------------------------------------------------------------------
