@@ -1,16 +1,22 @@
 """Benchmark 3: 1,000 ClarityReportTriggers polling the Clarity sandbox in one event loop.
 
     python benchmarks/bench_triggers.py                 # 1,000 triggers, reports ready after 30 s
-    python benchmarks/bench_triggers.py --triggers 2000
+    python benchmarks/bench_triggers.py --stagger 5     # the triggers start over 5 s instead of at once
+    python benchmarks/bench_triggers.py --gc-freeze     # what-if: gc.freeze() after the imports
+    python benchmarks/bench_triggers.py --cold          # the trigger class is loaded inside the loop
     python benchmarks/bench_triggers.py --quick         # 50 triggers, goals not judged
 
 The Clarity sandbox runs in its own process (so its work never shows up as a stall of the measured loop).
 This process requests the reports (one small minute report each, every report ready ``--delay`` seconds
 after it was requested), then starts a fresh child process that runs every trigger's ``run()`` with
 ``asyncio.gather`` in one event loop, as the triggerer does, the ``clarity_default`` connection coming from
-``AIRFLOW_CONN_CLARITY_DEFAULT`` (the trigger resolves it the async way). A heartbeat task sleeps 10 ms
-in a loop and records how late it wakes up: the largest lateness is the longest loop stall. RSS is read
-before the triggers start and at the end (peak ``VmHWM``).
+``AIRFLOW_CONN_CLARITY_DEFAULT`` (the trigger resolves it the async way). The child loads the trigger class
+(imports its module, as the triggerer does once per class) before the measurement, unless ``--cold``, and
+collects the garbage of its imports before the measurement starts. A heartbeat task sleeps 10 ms in a loop
+and records how late it wakes up: the largest lateness is the longest loop stall; the CPU time the loop's
+thread used meanwhile tells work of this process from waiting for a core. Every garbage collection is timed
+(a full one walks the whole heap, Airflow's included). RSS is read before the triggers start and at the
+end (peak ``VmHWM``).
 
 Goals: no stall over 100 ms; at most 150 MB added for 1,000 triggers. Exit status 1 when one is missed.
 """
@@ -34,6 +40,8 @@ import _common as common
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
 
+    from airflow.triggers.base import BaseTrigger
+
 MAX_STALL_S = 0.100
 MAX_ADDED_MB = 150.0
 HEARTBEAT_S = 0.010
@@ -56,43 +64,63 @@ def serve(pipe: Connection, delay: float, quota: int) -> None:
 def child_triggers(options: dict[str, Any]) -> dict[str, Any]:
     """Run every trigger in one event loop with a heartbeat; report stalls, RSS and events."""
     import asyncio
+    import gc
+    import importlib
 
     common.airflow_env()
-    from airflow_provider_clarify.triggers.clarity import ClarityReportTrigger
+    importlib.import_module("airflow.triggers.base")  # the triggerer has it before it loads a trigger class
+
+    def load_trigger_class() -> tuple[type[BaseTrigger], float]:
+        # What the triggerer does, once per class path: import the module (the provider's hook, requests,
+        # aiohttp, ...). A one-off; done before the heartbeat unless --cold.
+        before = time.perf_counter()
+        module = importlib.import_module("airflow_provider_clarify.triggers.clarity")
+        trigger_class: type[BaseTrigger] = module.ClarityReportTrigger
+        return trigger_class, (time.perf_counter() - before) * 1000
 
     async def main() -> dict[str, Any]:
         loop = asyncio.get_running_loop()
-        import_ms = None
         if not options["cold"]:
-            # A one-off: the hook imports aiohttp on its first session. Done here, before the heartbeat,
-            # so the stall figures show what polling triggers cost (--cold includes it).
-            before = time.perf_counter()
-            import aiohttp  # noqa: F401
-
-            import_ms = (time.perf_counter() - before) * 1000
-        end_time = time.time() + options["deadline"]
-        triggers = [
-            ClarityReportTrigger(
-                report_id=report_id, end_time=end_time, poll_interval=options["poll_interval"]
-            )
-            for report_id in options["report_ids"]
-        ]
+            trigger_class, load_ms = load_trigger_class()
+        # Start without the garbage of the imports, so the collections measured are the triggers' own;
+        # --gc-freeze then moves everything imported out of the collector's sight, as gc.freeze() in a
+        # triggerer's start-up would.
+        gc.collect()
+        if options["gc_freeze"]:
+            gc.freeze()
         lateness: list[float] = []
         woke: list[float] = []
+        # CPU time of this process during each beat: a stall with little CPU waited for a core (other
+        # processes on the machine), one with as much CPU as lateness was work done by this process (the
+        # loop, or a garbage collection holding the GIL in one of its threads).
+        busy: list[float] = []
         done = asyncio.Event()
 
         async def heartbeat() -> None:
             while not done.is_set():
-                before = loop.time()
+                before, cpu = loop.time(), time.process_time()
                 await asyncio.sleep(HEARTBEAT_S)
                 woke.append(loop.time())
                 lateness.append(woke[-1] - before - HEARTBEAT_S)
+                busy.append(time.process_time() - cpu)
 
-        async def first_event(trigger: ClarityReportTrigger, delay: float) -> dict[str, Any]:
+        async def first_event(trigger: BaseTrigger, delay: float) -> dict[str, Any]:
             await asyncio.sleep(delay)  # --stagger: triggers arriving over time, as tasks defer
             async for event in trigger.run():
                 return dict(event.payload)
             raise RuntimeError("the trigger yielded no event")
+
+        # Garbage collections: (wall ms, CPU ms, generation, seconds after the triggers started).
+        collections: list[tuple[float, float, int, float]] = []
+        gc_started = (0.0, 0.0)
+
+        def on_gc(phase: str, info: dict[str, int]) -> None:
+            nonlocal gc_started
+            if phase == "start":
+                gc_started = (time.perf_counter(), time.thread_time())
+                return
+            wall, cpu = time.perf_counter() - gc_started[0], time.thread_time() - gc_started[1]
+            collections.append((wall * 1000, cpu * 1000, info["generation"], loop.time() - loop_started))
 
         beat = asyncio.create_task(heartbeat())
         # Control: the heartbeat alone for a few seconds shows the stalls that come from the machine (other
@@ -101,13 +129,23 @@ def child_triggers(options: dict[str, Any]) -> dict[str, Any]:
         control = max(lateness, default=0.0)
         lateness.clear()
         woke.clear()
-        baseline = common.rss_mb()
+        busy.clear()
         started = time.perf_counter()
         loop_started = loop.time()
         cpu_before = time.process_time()
+        gc.callbacks.append(on_gc)
+        if options["cold"]:
+            trigger_class, load_ms = load_trigger_class()
+        baseline = common.rss_mb()  # after the imports, also with --cold: they are not the triggers' memory
+        end_time = time.time() + options["deadline"]
+        triggers = [
+            trigger_class(report_id=report_id, end_time=end_time, poll_interval=options["poll_interval"])
+            for report_id in options["report_ids"]
+        ]
         spread = options["stagger"] / len(triggers)
         events = await asyncio.gather(*(first_event(t, i * spread) for i, t in enumerate(triggers)))
         cpu = time.process_time() - cpu_before
+        gc.callbacks.remove(on_gc)
         elapsed = time.perf_counter() - started
         after = common.rss_mb()
         done.set()
@@ -128,12 +166,23 @@ def child_triggers(options: dict[str, Any]) -> dict[str, Any]:
             if len(lateness) > 100
             else max(lateness),
             "stalls_over_goal": sum(1 for late in lateness if late > MAX_STALL_S),
-            "aiohttp_import_ms": import_ms,
-            # The longest stalls: (ms, seconds after the triggers started when the heartbeat woke up).
+            "max_worked_stall_s": max(map(min, lateness, busy)),
+            "class_load_ms": load_ms,
+            "gc": {
+                "count": len(collections),
+                "ms": sum(wall for wall, _, _, _ in collections),
+                "cpu_ms": sum(cpu for _, cpu, _, _ in collections),
+                "worst": [
+                    (round(wall, 1), round(cpu, 1), gen, round(at, 2))
+                    for wall, cpu, gen, at in sorted(collections)[:-4:-1]
+                ],
+            },
+            # The longest stalls: (ms, CPU ms of this process meanwhile, seconds after the triggers started
+            # when the heartbeat woke up).
             "worst": sorted(
                 (
-                    (round(late * 1000, 1), round(at - loop_started, 2))
-                    for late, at in zip(lateness, woke, strict=True)
+                    (round(late * 1000, 1), round(cpu * 1000, 1), round(at - loop_started, 2))
+                    for late, cpu, at in zip(lateness, busy, woke, strict=True)
                 ),
                 reverse=True,
             )[:5],
@@ -160,7 +209,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay", type=float, default=30.0, help="seconds until a report is ready")
     parser.add_argument("--poll-interval", type=float, default=5.0, help="the triggers' poll_interval")
     parser.add_argument(
-        "--cold", action="store_true", help="let the first poll import aiohttp inside the measured loop"
+        "--cold",
+        action="store_true",
+        help="load the trigger class (import its module) inside the measured loop, as a fresh triggerer does",
+    )
+    parser.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="gc.freeze() after the imports: full collections then skip everything imported",
     )
     parser.add_argument(
         "--stagger",
@@ -213,6 +269,7 @@ def run(args: argparse.Namespace, pipe: Connection, datasource_ids: list[str]) -
         "poll_interval": args.poll_interval,
         "deadline": args.delay + 300.0,
         "cold": args.cold,
+        "gc_freeze": args.gc_freeze,
         "control": 1.0 if args.quick else 5.0,
         "stagger": args.stagger,
         "profile": args.profile,
@@ -244,11 +301,11 @@ def run(args: argparse.Namespace, pipe: Connection, datasource_ids: list[str]) -
         ),
         ("heartbeats (10 ms sleeps)", f"{result['beats']:,}"),
         (
-            "aiohttp import (one-off)",
-            "inside the measured loop (--cold)"
-            if result["aiohttp_import_ms"] is None
-            else f"{result['aiohttp_import_ms']:.0f} ms, before the heartbeat started",
+            "trigger class load (one-off)",
+            f"{result['class_load_ms']:.0f} ms, "
+            + ("inside the measured loop (--cold)" if args.cold else "before the heartbeat started"),
         ),
+        ("garbage collector", "frozen after the imports (--gc-freeze)" if args.gc_freeze else "as is"),
         (
             "longest stall, heartbeat alone",
             f"{result['control_stall_s'] * 1000:.1f} ms (control, before the triggers)",
@@ -256,7 +313,20 @@ def run(args: argparse.Namespace, pipe: Connection, datasource_ids: list[str]) -
         ("longest loop stall", f"{result['max_stall_s'] * 1000:.1f} ms"),
         ("99th percentile lateness", f"{result['p99_stall_s'] * 1000:.1f} ms"),
         ("stalls over 100 ms", str(result["stalls_over_goal"])),
-        ("longest stalls (ms, at s)", ", ".join(f"{ms} @ {at}" for ms, at in result["worst"])),
+        (
+            "longest stall as far as this process's CPU explains it",
+            f"{result['max_worked_stall_s'] * 1000:.1f} ms (the rest of a stall waited for a core)",
+        ),
+        (
+            "longest stalls (ms, process CPU ms, at s)",
+            ", ".join(f"{ms} ({cpu} CPU) @ {at}" for ms, cpu, at in result["worst"]),
+        ),
+        (
+            "garbage collections",
+            f"{result['gc']['count']:,}, {result['gc']['ms']:.0f} ms "
+            f"({result['gc']['cpu_ms']:.0f} ms CPU) in all; longest (ms, CPU ms, generation, at s): "
+            + ", ".join(f"{ms} ({cpu} CPU) gen{gen} @ {at}" for ms, cpu, gen, at in result["gc"]["worst"]),
+        ),
         ("RSS before the triggers", f"{result['baseline_rss_mb']:.0f} MB (after imports)"),
         ("RSS at the end / peak", f"{result['rss_after_mb']:.0f} MB / {result['peak_rss_mb']:.0f} MB"),
         ("added (peak - before)", f"{added:.0f} MB ({added * 1000 / args.triggers:.0f} kB per trigger)"),

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import importlib
 import json
+import random
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -19,11 +20,14 @@ from airflow.providers.common.compat.sdk import (
 )
 
 from airflow_provider_clarify.exceptions import ClarityReportFailedError
-from airflow_provider_clarify.hooks.clarity import ClarityHook
+from airflow_provider_clarify.hooks.clarity import ClarityAsyncHook, ClarityHook, ClaritySettings
 from airflow_provider_clarify.sensors.clarity import ClarityReportSensor
-from airflow_provider_clarify.triggers.clarity import ClarityReportTrigger
+from airflow_provider_clarify.triggers import clarity as trigger_module
+from airflow_provider_clarify.triggers.clarity import POLL_JITTER, ClarityReportTrigger, poll_waits
 
 if TYPE_CHECKING:
+    import aiohttp
+
     from airflow_provider_clarify.testing.clarity import ClaritySandbox
 
 WINDOW = {"start_time": "2024-01-01T00:00:00Z", "end_time": "2024-01-02T00:00:00Z"}
@@ -51,6 +55,116 @@ async def events(trigger: ClarityReportTrigger) -> list[dict[str, Any]]:
 
 def polls(sandbox: ClaritySandbox, report_id: str) -> list[Any]:
     return [r for r in sandbox.api.requests if r.path.endswith(f"/{report_id}")]
+
+
+class ExtremeRandom:
+    """Stands in for the trigger module's ``random``: every draw is the lowest (or highest) allowed."""
+
+    def __init__(self, *, high: bool) -> None:
+        self.high = high
+
+    def uniform(self, low: float, high: float) -> float:
+        return high if self.high else low
+
+
+def record_steps(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Record, in order, each wait the trigger asks for and each connection lookup and session it makes."""
+    steps: list[Any] = []
+    sleep, get_settings, session = (
+        ClarityReportTrigger._sleep,
+        ClarityAsyncHook.get_settings,
+        ClarityAsyncHook.session,
+    )
+
+    async def recording_sleep(self: ClarityReportTrigger, seconds: float) -> None:
+        steps.append(("wait", seconds))
+        await sleep(self, seconds)
+
+    async def recording_get_settings(self: ClarityAsyncHook) -> ClaritySettings:
+        if self._settings is None:
+            steps.append("connection lookup")
+        return await get_settings(self)
+
+    async def recording_session(self: ClarityAsyncHook) -> aiohttp.ClientSession:
+        opened = await session(self)
+        steps.append(("session", opened))
+        return opened
+
+    monkeypatch.setattr(ClarityReportTrigger, "_sleep", recording_sleep)
+    monkeypatch.setattr(ClarityAsyncHook, "get_settings", recording_get_settings)
+    monkeypatch.setattr(ClarityAsyncHook, "session", recording_session)
+    return steps
+
+
+def is_session(step: Any) -> bool:
+    return isinstance(step, tuple) and step[0] == "session"
+
+
+# -- poll spreading ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("high", "first", "later"), [(False, 0.0, 8.0), (True, 10.0, 12.0)])
+def test_poll_waits_bounds(high: bool, first: float, later: float) -> None:
+    waits = poll_waits(10.0, ExtremeRandom(high=high).uniform)
+    assert [next(waits) for _ in range(4)] == pytest.approx([first, later, later, later])
+
+
+def test_poll_waits_spread_the_first_poll_and_vary_the_rest_around_the_interval() -> None:
+    firsts = [next(poll_waits(10.0, random.Random(seed).uniform)) for seed in range(200)]
+    waits = poll_waits(10.0, random.Random(20261121).uniform)
+    next(waits)
+    later = [next(waits) for _ in range(500)]
+    assert all(0.0 <= wait <= 10.0 for wait in firsts)
+    assert min(firsts) < 1.0  # spread over the whole interval
+    assert max(firsts) > 9.0
+    assert all(10.0 * (1 - POLL_JITTER) <= wait <= 10.0 * (1 + POLL_JITTER) for wait in later)
+    assert len(set(later)) == len(later)  # no two triggers' intervals stay in lock step
+    assert sum(later) / len(later) == pytest.approx(10.0, rel=0.03)  # same API load on average
+
+
+async def test_first_poll_waits_before_the_connection_lookup_and_the_session(
+    sandbox: ClaritySandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sandbox.report_delay = 1.0  # in progress at the first poll (0.3 s), ready at the third (1.02 s)
+    monkeypatch.setattr(trigger_module, "random", ExtremeRandom(high=True))
+    steps = record_steps(monkeypatch)
+    report_id = new_report(sandbox)
+    (event,) = await events(make_trigger(report_id, poll_interval=0.3))
+    assert event["status"] == "success"
+    assert steps[:2] == [("wait", 0.3), "connection lookup"]
+    assert is_session(steps[2])
+    assert len(steps) > 3  # the report was still in progress at the first poll
+    assert steps[3:] == [("wait", pytest.approx(0.36))] * len(steps[3:])
+    assert steps.count("connection lookup") == 1  # once per trigger run, not per poll
+    assert steps[2][1].closed  # one session for the whole run, closed at its end
+
+
+async def test_waits_between_polls_vary_within_the_jitter(
+    sandbox: ClaritySandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(trigger_module, "random", random.Random(7))
+    steps = record_steps(monkeypatch)
+    report_id = new_report(sandbox)
+    (event,) = await events(make_trigger(report_id, poll_interval=0.1))
+    assert event["status"] == "success"
+    waits = [step[1] for step in steps if isinstance(step, tuple) and step[0] == "wait"]
+    first, later = waits[0], waits[1:]
+    assert 0.0 <= first <= 0.1
+    assert len(later) >= 2
+    assert all(0.08 <= wait <= 0.12 for wait in later)
+    assert len(set(later)) == len(later)
+    assert len(polls(sandbox, report_id)) == len(later) + 1
+
+
+async def test_a_first_wait_reaching_past_the_deadline_ends_in_one_check_at_the_deadline(
+    sandbox: ClaritySandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sandbox.report_delay = 3600
+    monkeypatch.setattr(trigger_module, "random", ExtremeRandom(high=True))
+    report_id = new_report(sandbox)
+    trigger = make_trigger(report_id, deadline_in=0.5, poll_interval=60)
+    (event,) = await events(trigger)
+    assert (event["status"], event["report_status"]) == ("timeout", "in-progress")
+    (only,) = polls(sandbox, report_id)
+    assert trigger.end_time <= only.received_at
 
 
 # -- trigger -----------------------------------------------------------------------------------------------
@@ -150,7 +264,10 @@ async def test_permanent_errors_give_an_error_event_without_the_key(sandbox: Cla
     assert "no_such_conn" in event["message"]
 
 
-async def test_final_check_at_the_deadline_catches_a_late_success(sandbox: ClaritySandbox) -> None:
+async def test_final_check_at_the_deadline_catches_a_late_success(
+    sandbox: ClaritySandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(trigger_module, "random", ExtremeRandom(high=False))  # first poll at once
     sandbox.report_delay = 0.8
     report_id = new_report(sandbox)
     trigger = make_trigger(report_id, deadline_in=1.2, poll_interval=60)
@@ -163,9 +280,9 @@ async def test_final_check_at_the_deadline_catches_a_late_success(sandbox: Clari
 async def test_triggerer_restart_keeps_the_deadline(sandbox: ClaritySandbox) -> None:
     sandbox.report_delay = 3600  # never ready within the test
     report_id = new_report(sandbox)
-    first = make_trigger(report_id, deadline_in=1.5, poll_interval=0.2)
+    first = make_trigger(report_id, deadline_in=2.0, poll_interval=0.2)
     running = asyncio.ensure_future(first.run().__anext__())
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.8)  # the first poll comes within 0.2 s, the next ones 0.16-0.24 s apart
     running.cancel()  # the triggerer stops; cleanup must not cancel the report
     with contextlib.suppress(asyncio.CancelledError):
         await running

@@ -41,14 +41,6 @@ from airflow_provider_clarify.exceptions import (
     ClarityReportRequestUncertainError,
 )
 from airflow_provider_clarify.utils.forms import connection_form_widgets, ui_field_behaviour
-from airflow_provider_clarify.utils.recent import (
-    CONTINUATION_PATH,
-    QUERY_PATH,
-    TOKEN_HEADER,
-    RecentAnswer,
-    build_recent_query,
-    parse_recent_answer,
-)
 from airflow_provider_clarify.utils.reports import (
     build_report_request,
     detect_file_kind,
@@ -68,6 +60,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Generator, Mapping
 
     from airflow.sdk import Connection
+
+    from airflow_provider_clarify.utils.recent import RecentAnswer
 
 DEFAULT_HOST = "https://clarity-data-api.clarity.io"
 DEFAULT_TIMEOUT = 30.0
@@ -856,6 +850,8 @@ class ClarityHook(BaseHook):
         :raises ValueError: on bad input, before any request.
         :raises ClarityAPIError: when Clarity refuses the query or its answer is malformed.
         """
+        from airflow_provider_clarify.utils.recent import QUERY_PATH, build_recent_query  # see _recent
+
         body = build_recent_query(
             org=self._org(org),
             datasource_ids=datasource_ids,
@@ -890,6 +886,8 @@ class ClarityHook(BaseHook):
         :param org: the organization; default: the connection's.
         :raises ValueError: when ``token`` is empty, before any request.
         """
+        from airflow_provider_clarify.utils.recent import CONTINUATION_PATH  # see _recent
+
         if not isinstance(token, str) or not token.strip():
             raise ValueError("token: expected the continuation token of an earlier answer")
         mask_secret(token.strip())
@@ -897,6 +895,10 @@ class ClarityHook(BaseHook):
         return self._recent(CONTINUATION_PATH, {"org": self._org(org), "continuationToken": token.strip()})
 
     def _recent(self, path: str, body: dict[str, Any]) -> RecentAnswer:
+        # utils.recent brings numpy and pyarrow (~200 ms): imported on first use, not with this module, which
+        # the triggerer loads (for ClarityAsyncHook) inside its event loop.
+        from airflow_provider_clarify.utils.recent import TOKEN_HEADER, parse_recent_answer
+
         # No quota here: a 429 is a rate limit, retried with Retry-After.
         answer = self._request("POST", path, body=body, headers={"Accept": "application/json, text/csv"})
         token = answer.headers.get(TOKEN_HEADER)
@@ -941,7 +943,9 @@ class ClarityAsyncHook(BaseHook):
 
     The connection is resolved the async-safe way (``get_async_connection``); the caller owns the
     ``aiohttp`` session (one per trigger run, see :meth:`session`). Calls are single attempts: the
-    trigger decides about retries, because it knows its deadline.
+    trigger decides about retries, because it knows its deadline. ``aiohttp`` is imported with this module
+    (the triggerer loads the trigger class once), not on the first session, where its ~110 ms would stall
+    the triggerer's event loop while other triggers poll.
 
     :param clarity_conn_id: the ``clarity`` connection.
     """

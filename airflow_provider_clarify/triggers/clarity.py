@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -13,12 +14,30 @@ from airflow_provider_clarify.utils.reports import report_outcome
 from airflow_provider_clarify.utils.retries import wait_retry_after_or_backoff
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable, Iterator
 
     import aiohttp
 
 #: Statuses of the trigger's one event.
 EVENT_STATUSES = ("success", "failed", "error", "timeout")
+#: Each wait between two polls is ``poll_interval`` times a random factor in ``[1 - j, 1 + j]``.
+POLL_JITTER = 0.2
+
+
+def poll_waits(poll_interval: float, uniform: Callable[[float, float], float]) -> Iterator[float]:
+    """The seconds to wait before each poll: the first up to ``poll_interval``, then ``poll_interval`` ± 20 %.
+
+    Spreads many triggers over time: a triggerer that (re)starts 1,000 of them at once would otherwise send
+    their first polls back to back, and equal intervals would keep them in lock step, every answer arriving
+    in the same instant and stalling the shared event loop. The mean wait stays ``poll_interval``, so the
+    load on the API is unchanged.
+
+    :param poll_interval: the mean seconds between polls.
+    :param uniform: ``random.uniform`` or a stand-in: a number between its two arguments.
+    """
+    yield uniform(0.0, poll_interval)
+    while True:
+        yield poll_interval * uniform(1.0 - POLL_JITTER, 1.0 + POLL_JITTER)
 
 
 class ClarityReportTrigger(BaseTrigger):
@@ -31,11 +50,18 @@ class ClarityReportTrigger(BaseTrigger):
     absolute (epoch seconds), so a trigger re-created after a triggerer restart keeps it. Nothing is
     cancelled on cleanup: Clarity has no cancel endpoint, and a restart must not lose the report.
 
+    Polls are spread in time (see :func:`poll_waits`): the first one comes after a random wait of up to
+    ``poll_interval``, before the connection is looked up or a session opened, and the waits between polls
+    vary by ±20 %. The operator and the sensor read the report once before they defer, so a report that is
+    ready by then never reaches the trigger. The cost: a report that finished while the triggerer was down
+    is noticed up to one ``poll_interval`` after the restart instead of at once -- no later than the next
+    regular poll would have noticed it. Waits never run past the deadline.
+
     :param report_id: the report to poll.
     :param end_time: the deadline, epoch seconds.
     :param org: the organization; ``None`` = the connection's default.
     :param clarity_conn_id: the ``clarity`` connection.
-    :param poll_interval: seconds between polls.
+    :param poll_interval: mean seconds between polls (each wait varies by ±20 %).
     :param retry_backoff: first backoff in seconds after a transient error (doubles, capped by
         ``poll_interval``).
     """
@@ -85,15 +111,17 @@ class ClarityReportTrigger(BaseTrigger):
         return event
 
     async def _poll(self) -> dict[str, Any]:
+        waits = poll_waits(self.poll_interval, random.uniform)
+        await self._sleep(next(waits))
         hook = ClarityAsyncHook(clarity_conn_id=self.clarity_conn_id)
         try:
             async with await hook.session() as session:
-                return await self._poll_until_done(hook, session)
+                return await self._poll_until_done(hook, session, waits)
         except Exception as exc:
             return self._event("error", f"Clarity report {self.report_id}: {type(exc).__name__}: {exc}")
 
     async def _poll_until_done(
-        self, hook: ClarityAsyncHook, session: aiohttp.ClientSession
+        self, hook: ClarityAsyncHook, session: aiohttp.ClientSession, waits: Iterator[float]
     ) -> dict[str, Any]:
         backoff = wait_retry_after_or_backoff(initial=self.retry_backoff, maximum=self.poll_interval)
         failures = 0
@@ -125,7 +153,7 @@ class ClarityReportTrigger(BaseTrigger):
             event = self._event_for(record, past_deadline=past_deadline)
             if event is not None:
                 return event
-            await self._sleep(self.poll_interval)
+            await self._sleep(next(waits))
 
     def _event_for(self, record: dict[str, Any], *, past_deadline: bool) -> dict[str, Any] | None:
         outcome = report_outcome(record)
