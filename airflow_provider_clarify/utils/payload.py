@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any, TypeVar
@@ -510,15 +510,31 @@ def insert_requests(
     :param request_id: the JSON-RPC id put in every request.
     :param max_null_fraction: see :func:`group_series`.
     """
-    check_budget(max_bytes)
     head, tail = _insert_envelope(integration_id, request_id)
+
+    def encoded(key: str, positions: np.ndarray) -> _EncodedSeries:
+        return _encode_values(key, frame.series[key][positions])
+
+    for times, subset, keys in _subsets(frame, encoded, max_bytes, max_null_fraction):
+        yield from _frame_requests(times, subset, keys=keys, head=head, tail=tail, max_bytes=max_bytes)
+
+
+def _subsets(
+    frame: Frame, column: Callable[[str, np.ndarray], _S], max_bytes: int, max_null_fraction: float
+) -> Iterator[tuple[np.ndarray, list[_S], tuple[str, ...]]]:
+    """The ``(times, columns, keys)`` that each take requests of their own, in request order: the series
+    groups (:func:`group_series`), each split by series where a row would be too wide. Shared by
+    :func:`insert_requests` and :func:`request_sizes`, so both cut alike.
+
+    :param column: makes a group's column of one key from the group's row positions.
+    """
+    check_budget(max_bytes)
     row_limit = max_bytes // _MIN_ROWS_SHARE
     for group in group_series(frame, max_null_fraction=max_null_fraction):
         times = frame.times[group.positions]
-        encoded = [_encode_values(key, frame.series[key][group.positions]) for key in group.keys]
-        for subset in _split_columns(encoded, row_limit):
-            keys = tuple(item.name for item in subset)
-            yield from _frame_requests(times, subset, keys=keys, head=head, tail=tail, max_bytes=max_bytes)
+        columns = [column(key, group.positions) for key in group.keys]
+        for subset in _split_columns(columns, row_limit):
+            yield times, subset, tuple(item.name for item in subset)
 
 
 @dataclass(frozen=True)
@@ -554,21 +570,16 @@ def request_sizes(
     :param request_id: as for :func:`insert_requests`.
     :param max_null_fraction: as for :func:`insert_requests`.
     """
-    check_budget(max_bytes)
     head, tail = _insert_envelope(integration_id, request_id)
-    row_limit = max_bytes // _MIN_ROWS_SHARE
-    for group in group_series(frame, max_null_fraction=max_null_fraction):
-        times = frame.times[group.positions]
-        seconds = np.floor_divide(times, 1_000_000)
-        time_width = _time_width(_fraction_digits(times - seconds * 1_000_000))
-        sized = [_SizedSeries(key, _encode(key), widths[key][group.positions]) for key in group.keys]
-        for subset in _split_columns(sized, row_limit):
-            keys = tuple(item.name for item in subset)
-            cuts = _cut_rows(
-                time_width, subset, envelope=len(head) + len(tail), max_bytes=max_bytes, keys=keys
-            )
-            for index, start in enumerate(cuts.bounds[:-1]):
-                yield RequestSize(keys=keys, start_us=int(times[start]), size=cuts.size(index))
+
+    def sized(key: str, positions: np.ndarray) -> _SizedSeries:
+        return _SizedSeries(key, _encode(key), widths[key][positions])
+
+    for times, subset, keys in _subsets(frame, sized, max_bytes, max_null_fraction):
+        time_width = _time_width(_fraction_digits(np.mod(times, 1_000_000)))
+        cuts = _cut_rows(time_width, subset, envelope=len(head) + len(tail), max_bytes=max_bytes, keys=keys)
+        for index, start in enumerate(cuts.bounds[:-1]):
+            yield RequestSize(keys=keys, start_us=int(times[start]), size=cuts.size(index))
 
 
 # -- saveSignals ---------------------------------------------------------------------------------------
