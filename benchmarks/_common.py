@@ -292,6 +292,38 @@ def stored_points(sandbox: Sandbox) -> tuple[int, int]:
     return sum(len(sandbox.clarify.points(key)) for key in keys), len(keys)
 
 
+def request_minute_report(
+    datasource_ids: list[str], minutes: int, file_format: str = "csv"
+) -> tuple[str, float]:
+    """Request the sandbox fleet's minute report (both QC options, from :data:`START`) through the
+    ``clarity_default`` connection and wait until it is generated; return its id and the seconds it took.
+
+    :param datasource_ids: the sources.
+    :param minutes: the report's length.
+    :param file_format: ``csv`` or ``parquet``.
+    """
+    from airflow_provider_clarify.hooks.clarity import ClarityHook
+
+    hook = ClarityHook()
+    record = hook.request_report(
+        output_frequency="minute",
+        start_time=START,
+        end_time=START + timedelta(minutes=minutes),
+        datasource_ids=datasource_ids,
+        file_format=file_format,
+        qc_assessment=True,
+        qc_flags=True,
+    )
+    report_id = str(record["reportId"])
+    started = time.monotonic()
+    while record.get("reportStatus") != "succeeded":
+        if record.get("reportStatus") == "failed" or time.monotonic() - started > 1800:
+            raise RuntimeError(f"report {report_id} did not succeed: {record.get('message')}")
+        time.sleep(1.0)
+        record = hook.get_report(report_id)
+    return report_id, time.monotonic() - started
+
+
 # -- output ----------------------------------------------------------------------------------------
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A Markdown table (pastes into the README as it is)."""

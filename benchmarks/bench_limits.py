@@ -29,7 +29,6 @@ import math
 import statistics
 import sys
 import time
-from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -85,30 +84,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _request_report(datasource_ids: list[str], rows: int) -> str:
-    from airflow_provider_clarify.hooks.clarity import ClarityHook
-
     minutes = math.ceil(rows / (len(datasource_ids) * common.READING_RATE))
-    hook = ClarityHook()
-    record = hook.request_report(
-        output_frequency="minute",
-        start_time=common.START,
-        end_time=common.START + timedelta(minutes=minutes),
-        datasource_ids=datasource_ids,
-        qc_assessment=True,
-        qc_flags=True,
-    )
-    report_id = str(record["reportId"])
     print(
-        f"report {report_id}: ~{rows:,} rows ({minutes:,} minutes x {len(datasource_ids)} sources); "
+        f"report: ~{rows:,} rows ({minutes:,} minutes x {len(datasource_ids)} sources); "
         "the sandbox generates it ..."
     )
-    started = time.monotonic()
-    while record.get("reportStatus") != "succeeded":
-        if record.get("reportStatus") == "failed" or time.monotonic() - started > 1800:
-            raise RuntimeError(f"report {report_id} did not succeed: {record.get('message')}")
-        time.sleep(1.0)
-        record = hook.get_report(report_id)
-    print(f"  generated in {time.monotonic() - started:.0f} s")
+    report_id, seconds = common.request_minute_report(datasource_ids, minutes)
+    print(f"  report {report_id} generated in {seconds:.0f} s")
     return report_id
 
 

@@ -81,7 +81,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace, pipe: Connection, datasource_ids: list[str]) -> int:
     """Request the report, run the transfer, print the numbers; 0 when under the limit and complete."""
-    from airflow_provider_clarify.hooks.clarity import ClarityHook
     from airflow_provider_clarify.transfers.clarity_to_clarify import ClarityReportToClarifyOperator
     from airflow_provider_clarify.utils.coalesce import FULL_REQUEST
     from airflow_provider_clarify.utils.payload import DEFAULT_REQUEST_BYTES
@@ -89,26 +88,10 @@ def run(args: argparse.Namespace, pipe: Connection, datasource_ids: list[str]) -
     sources = len(datasource_ids)
     minutes = math.ceil(args.rows / (sources * common.READING_RATE))
     end = common.START + timedelta(minutes=minutes)
-    hook = ClarityHook()
-    record = hook.request_report(
-        output_frequency="minute",
-        start_time=common.START,
-        end_time=end,
-        datasource_ids=datasource_ids,
-        file_format=args.format,
-        qc_assessment=True,
-        qc_flags=True,
-    )
-    report_id = record["reportId"]
-    generating = time.monotonic()
-    while record.get("reportStatus") != "succeeded":
-        if record.get("reportStatus") == "failed" or time.monotonic() - generating > 1800:
-            raise RuntimeError(f"report {report_id} did not succeed: {record.get('message')}")
-        time.sleep(1.0)
-        record = hook.get_report(report_id)
+    report_id, generating = common.request_minute_report(datasource_ids, minutes, args.format)
     print(
         f"report {report_id}: {sources} sources, {common.START:%Y-%m-%d} .. {end:%Y-%m-%d %H:%M} "
-        f"({minutes} minutes), {args.format}, generated in {time.monotonic() - generating:.1f} s"
+        f"({minutes} minutes), {args.format}, generated in {generating:.1f} s"
     )
 
     operator = ClarityReportToClarifyOperator(task_id="bench", report_id=report_id, requests_per_second=None)
