@@ -236,6 +236,24 @@ def _sources(
     return [known[i] for i in ids]
 
 
+def _metric_select_and_flags(body: Mapping[str, Any], booleans: Sequence[str], errors: list[str]) -> Any:
+    """Check ``metricSelect`` (a string that parses) and the boolean fields of a request body, adding each
+    problem to ``errors``; return ``metricSelect`` as given (``None`` when absent)."""
+    metric_select = body.get("metricSelect")
+    if metric_select is not None:
+        if not isinstance(metric_select, str):
+            errors.append(f"metricSelect must be a string, got {metric_select!r}")
+        else:
+            try:
+                parse_metric_select(metric_select)
+            except MetricSelectError as exc:
+                errors.append(str(exc))
+    for name in booleans:
+        if name in body and not isinstance(body[name], bool):
+            errors.append(f"{name} must be a boolean, got {body[name]!r}")
+    return metric_select
+
+
 def parse_report_request(
     body: Mapping[str, Any], *, org: str, fleet: Sequence[Datasource]
 ) -> tuple[ReportSpec, dict[str, Any]]:
@@ -268,18 +286,7 @@ def parse_report_request(
     if len(set(formats)) > 1:
         errors.append(f"fileFormat {body['fileFormat']!r} and format {body['format']!r} disagree")
     file_format = formats[0] if formats else FILE_FORMATS[0]
-    metric_select = body.get("metricSelect")
-    if metric_select is not None:
-        if not isinstance(metric_select, str):
-            errors.append(f"metricSelect must be a string, got {metric_select!r}")
-        else:
-            try:
-                parse_metric_select(metric_select)
-            except MetricSelectError as exc:
-                errors.append(str(exc))
-    for name in _BOOLEAN_FIELDS:
-        if name in body and not isinstance(body[name], bool):
-            errors.append(f"{name} must be a boolean, got {body[name]!r}")
+    metric_select = _metric_select_and_flags(body, _BOOLEAN_FIELDS, errors)
     sources = _sources(body, report, org, fleet, errors)
     if errors:
         raise ReportRequestError(errors)
@@ -395,18 +402,7 @@ def parse_recent_query(body: Mapping[str, Any], *, org: str, fleet: Sequence[Dat
     # The default format is unconfirmed upstream; json-long is the one the docs show first.
     response_format = _choice(body, "format", RECENT_FORMATS, "json-long", errors)
     start = _parse_time(body, "startTime", errors) if "startTime" in body else None
-    metric_select = body.get("metricSelect")
-    if metric_select is not None:
-        if not isinstance(metric_select, str):
-            errors.append(f"metricSelect must be a string, got {metric_select!r}")
-        else:
-            try:
-                parse_metric_select(metric_select)
-            except MetricSelectError as exc:
-                errors.append(str(exc))
-    for name in _RECENT_BOOLEANS:
-        if name in body and not isinstance(body[name], bool):
-            errors.append(f"{name} must be a boolean, got {body[name]!r}")
+    metric_select = _metric_select_and_flags(body, _RECENT_BOOLEANS, errors)
     wanted = {k: v for k, v in body.items() if k not in ("nodeIds", "refSiteIds")}
     sources = _sources(wanted, "datasource-measurements", org, fleet, errors)
     if errors:
